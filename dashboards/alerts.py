@@ -1,0 +1,223 @@
+"""Alert rules. Names of metrics come from the contract; thresholds from :class:`Params`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dashboards import overview, promql, recording, task
+from dashboards.params import Params
+from telemetry import contract
+
+Rule = dict[str, object]
+
+CRITICAL = "critical"
+WARNING = "warning"
+
+#: Burn-rate pairs (long window, short window, burn factor) of the SRE workbook.
+FAST_BURN = (("1h", "5m", 14.4), ("6h", "30m", 6.0))
+SLOW_BURN = (("1d", "2h", 3.0), ("3d", "6h", 1.0))
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alerting rule, before serialisation."""
+
+    name: str
+    expr: str
+    duration: str
+    severity: str
+    summary: str
+    description: str
+    #: Alert labels passed to the dashboard as variables (``task`` selects the per-task one).
+    link_labels: tuple[str, ...]
+
+    def rule(self, params: Params) -> Rule:
+        """The rule as it appears in a Prometheus rules file."""
+        return {
+            "alert": self.name,
+            "expr": self.expr,
+            "for": self.duration,
+            "labels": {"severity": self.severity},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook_url": f"{params.runbook_base_url}/{self.name}.md",
+                "dashboard_url": dashboard_url(params, self.link_labels),
+            },
+        }
+
+
+def dashboard_url(params: Params, labels: tuple[str, ...]) -> str:
+    """Grafana link (a path, or a full URL with ``grafana_url``) with alert labels as variables."""
+    uid = task.UID if "task" in labels else overview.UID
+    query = "&".join(f"var-{label}={{{{ $labels.{label} }}}}" for label in labels)
+    return f"{params.grafana_url.rstrip('/')}/d/{uid}?{query}"
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:g}%"
+
+
+def failure_ratio_high(p: Params) -> Alert:
+    """A task fails often while it has real traffic."""
+    w = p.failure_window
+    finished = recording.finished_rate_expr(p, w)
+    expr = (
+        f"(\n  {recording.failed_rate_expr(p, w)}\n/\n  {finished}\n) > {_num(p.failure_ratio)}\n"
+        f"and on (job, task)\n  {finished} > {_num(p.failure_min_rate)}"
+    )
+    return Alert(
+        "BgTaskFailureRatioHigh",
+        expr,
+        p.failure_for,
+        CRITICAL,
+        "Background task {{ $labels.task }} is failing",
+        f"{{{{ $value | humanizePercentage }}}} of the runs of {{{{ $labels.task }}}} in job "
+        f"{{{{ $labels.job }}}} failed over the last {w} (threshold {_pct(p.failure_ratio)}, "
+        f"while more than {_num(p.failure_min_rate)} tasks/s finish).",
+        ("job", "task"),
+    )
+
+
+def _burn_expr(pairs: tuple[tuple[str, str, float], ...], min_rate: float | None) -> str:
+    branches = []
+    for long, short, factor in pairs:
+        terms = [
+            f"{recording.burn_rate(long)} > {_num(factor)}",
+            f"{recording.burn_rate(short)} > {_num(factor)}",
+        ]
+        if min_rate is not None:
+            terms.append(f"{recording.finished_rate(short)} > {_num(min_rate)}")
+        branches.append("(\n  " + "\n  and on (job, task)\n  ".join(terms) + "\n)")
+    return "\nor\n".join(branches)
+
+
+def _burn_windows(pairs: tuple[tuple[str, str, float], ...]) -> str:
+    return " or ".join(f"{_num(factor)}x over {long} and {short}" for long, short, factor in pairs)
+
+
+def error_budget_burn_fast(p: Params) -> Alert:
+    """Page: at this pace the monthly error budget is gone in days (SRE workbook, 14.4x/6x)."""
+    return Alert(
+        "BgTaskErrorBudgetBurnFast",
+        _burn_expr(FAST_BURN, p.failure_min_rate),
+        "2m",
+        CRITICAL,
+        "Background task {{ $labels.task }} burns its error budget fast",
+        f"{{{{ $labels.task }}}} in job {{{{ $labels.job }}}} fails {{{{ $value | humanize }}}} "
+        f"times faster than its {_pct(p.slo)} success SLO allows "
+        f"({_burn_windows(FAST_BURN)}).",
+        ("job", "task"),
+    )
+
+
+def error_budget_burn_slow(p: Params) -> Alert:
+    """Ticket: a slow, steady burn that would exhaust the budget within the SLO period."""
+    return Alert(
+        "BgTaskErrorBudgetBurnSlow",
+        _burn_expr(SLOW_BURN, None),
+        "15m",
+        WARNING,
+        "Background task {{ $labels.task }} burns its error budget",
+        f"{{{{ $labels.task }}}} in job {{{{ $labels.job }}}} fails {{{{ $value | humanize }}}} "
+        f"times faster than its {_pct(p.slo)} success SLO allows "
+        f"({_burn_windows(SLOW_BURN)}).",
+        ("job", "task"),
+    )
+
+
+def queue_time_high(p: Params) -> Alert:
+    """Tasks wait long between add_task and their start."""
+    quantile = promql.quantile(
+        0.95, contract.QUEUE_SECONDS, [promql.eq("job", p.job)], ("job", "task"), "5m"
+    )
+    return Alert(
+        "BgTaskQueueTimeHigh",
+        f"{quantile}\n> {_num(p.queue_p95_seconds)}",
+        p.queue_for,
+        WARNING,
+        "Background task {{ $labels.task }} waits long before it starts",
+        f"95% of {{{{ $labels.task }}}} runs in job {{{{ $labels.job }}}} started within "
+        f"{{{{ $value | humanizeDuration }}}} of add_task over the last 5m "
+        f"(threshold {_num(p.queue_p95_seconds)}s).",
+        ("job", "task"),
+    )
+
+
+def threadpool_saturated(p: Params) -> Alert:
+    """Sync tasks have (almost) no free thread-pool slot."""
+
+    def tokens(state: str) -> str:
+        selector = promql.series(
+            contract.THREADPOOL_TOKENS, promql.eq("job", p.job), promql.eq("state", state)
+        )
+        return f"avg_over_time({selector}[5m])"
+
+    return Alert(
+        "BgTaskThreadPoolSaturated",
+        f"{tokens('borrowed')}\n/ ignoring (state)\n{tokens('total')}\n>= {_num(p.threadpool_saturation)}",
+        p.threadpool_for,
+        WARNING,
+        "Background-task thread pool of {{ $labels.instance }} is saturated",
+        f"{{{{ $value | humanizePercentage }}}} of the thread-pool tokens of "
+        f"{{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) were borrowed on average over 5m "
+        f"(threshold {_pct(p.threadpool_saturation)}): sync tasks wait for a slot.",
+        ("job", "instance"),
+    )
+
+
+def pending_growing(p: Params) -> Alert:
+    """The backlog of tasks not started yet keeps growing."""
+    pending = promql.series(contract.PENDING, promql.eq("job", p.job))
+    return Alert(
+        "BgTaskPendingGrowing",
+        f"{pending} > {_num(p.pending_floor)}\nand\nderiv({pending}[10m]) > 0",
+        p.pending_for,
+        WARNING,
+        "Background-task backlog of {{ $labels.instance }} keeps growing",
+        f"{{{{ $value | humanize }}}} background tasks of {{{{ $labels.instance }}}} "
+        f"(job {{{{ $labels.job }}}}) are added but not started, more than "
+        f"{_num(p.pending_floor)}, and the number kept rising for {p.pending_for}.",
+        ("job", "instance"),
+    )
+
+
+def target_down(p: Params) -> Alert:
+    """Prometheus cannot scrape the application (or finds no target at all)."""
+    up = f'up{{{promql.eq("job", p.job)}}}'
+    return Alert(
+        "BgTaskTargetDown",
+        f"{up} == 0\nor\nabsent({up})",
+        p.target_down_for,
+        CRITICAL,
+        "tasklens metrics of job {{ $labels.job }} are not scraped",
+        "Prometheus cannot scrape {{ with $labels.instance }}{{ . }}{{ else }}any target{{ end }} "
+        "of job {{ $labels.job }}: background-task metrics and every other tasklens alert are blind.",
+        ("job",),
+    )
+
+
+ALERTS: tuple[Callable[[Params], Alert], ...] = (
+    failure_ratio_high,
+    error_budget_burn_fast,
+    error_budget_burn_slow,
+    queue_time_high,
+    threadpool_saturated,
+    pending_growing,
+    target_down,
+)
+
+
+def alerts(params: Params) -> list[Alert]:
+    """Every alert, in documentation order."""
+    return [make(params) for make in ALERTS]
+
+
+def alert_names() -> list[str]:
+    """The alert names (independent of parameters)."""
+    return [alert.name for alert in alerts(Params())]

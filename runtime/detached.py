@@ -1,0 +1,94 @@
+"""Detached mode: tasks run in a task group owned by the app's lifespan, not the request.
+
+The request's ASGI cycle ends once the response is sent. At shutdown the executor stops
+taking work, waits up to ``shutdown_timeout`` for running tasks, then cancels them; tasks
+still waiting for a slot are finished as ``abandoned``, cancelled ones as ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+
+from telemetry.contract import OUTCOME_ABANDONED
+
+if TYPE_CHECKING:
+    from runtime.options import RuntimeOptions
+    from runtime.record import TaskRecord
+    from runtime.runner import TaskRunner
+
+_logger = logging.getLogger("tasklens.runtime")
+
+
+class DetachedExecutor:
+    """A bounded task group for the batches of detached responses."""
+
+    def __init__(self, runner: TaskRunner, options: RuntimeOptions) -> None:
+        self.runner = runner
+        self.shutdown_timeout = options.shutdown_timeout
+        self._slots = anyio.Semaphore(options.max_concurrency)
+        self._group = anyio.create_task_group()
+        self._idle = anyio.Event()
+        self._batches = 0
+        self._waiting: set[int] = set()
+        self.accepting = False
+        self.outcomes: Counter[str] = Counter()
+
+    async def __aenter__(self) -> DetachedExecutor:
+        await self._group.__aenter__()
+        self.accepting = True
+        return self
+
+    def submit(self, records: list[TaskRecord]) -> None:
+        """Schedule a response's tasks; returns at once."""
+        self._batches += 1
+        self._group.start_soon(self._run, records)
+
+    async def _run(self, records: list[TaskRecord]) -> None:
+        try:
+            async with self._slots:
+                await self.runner.run_batch(records)
+        except anyio.get_cancelled_exc_class():
+            self.runner.abandon(records, reason="shutdown")
+            raise
+        except Exception:
+            pass  # on_error="stop": already recorded and logged by the observers
+        finally:
+            for record in records:
+                self.outcomes[record.outcome or OUTCOME_ABANDONED] += 1
+            self._batches -= 1
+            if self._batches == 0 and not self.accepting:
+                self._idle.set()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.accepting = False
+        if self._batches:
+            _logger.info(
+                "tasklens: shutdown, waiting up to %.1fs for %d running task batch(es)",
+                self.shutdown_timeout,
+                self._batches,
+            )
+            with anyio.move_on_after(self.shutdown_timeout):
+                await self._idle.wait()
+            if self._batches:
+                _logger.warning(
+                    "tasklens: shutdown timeout reached, cancelling %d task batch(es)",
+                    self._batches,
+                )
+                self._group.cancel_scope.cancel()
+        result = await self._group.__aexit__(exc_type, exc, tb)
+        if self.outcomes:
+            _logger.info(
+                "tasklens: detached tasks at shutdown: %s",
+                ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
+            )
+        return result

@@ -1,0 +1,117 @@
+"""Stable, readable, bounded task names (the ``task`` label).
+
+A task is named ``module.qualname`` of its callable. ``functools.partial`` and bound methods
+are named after the function they wrap, callable objects after their class, and lambdas get
+their line number (``shop.views.<lambda>:42``) so two lambdas of a module stay apart. The
+number of distinct names is bounded: past ``limit``, new callables fold into ``other`` and
+one warning is logged, so a bug cannot explode the label cardinality of every metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import types
+from collections.abc import Callable
+from typing import Any
+
+from starlette._utils import is_async_callable
+
+from telemetry.contract import EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_POOL, OTHER_TASK
+
+DEFAULT_NAME_LIMIT = 500
+
+_logger = logging.getLogger("tasklens.runtime")
+
+
+class TaskIdentity:
+    """What every task of one callable shares: its label values and cached observer data."""
+
+    __slots__ = ("name", "executor", "is_async", "code_function", "code_namespace", "cache")
+
+    def __init__(self, name: str, is_async: bool, code_function: str, code_namespace: str) -> None:
+        self.name = name
+        self.is_async = is_async
+        self.executor = EXECUTOR_EVENT_LOOP if is_async else EXECUTOR_THREAD_POOL
+        self.code_function = code_function
+        self.code_namespace = code_namespace
+        #: Observers cache their per-task objects here (label children, span names).
+        self.cache: dict[object, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<TaskIdentity {self.name} {self.executor}>"
+
+
+def _unwrap(func: Callable[..., Any]) -> tuple[object, str, str, str]:
+    """Return (cache key, name, code.function, code.namespace) of a callable."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if isinstance(func, types.MethodType):
+        func = func.__func__
+    code = getattr(func, "__code__", None)
+    if isinstance(func, (types.FunctionType, types.BuiltinFunctionType)) or code is not None:
+        module = getattr(func, "__module__", None) or "builtins"
+        qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+        name = f"{module}.{qualname}"
+        if code is not None and getattr(func, "__name__", "") == "<lambda>":
+            name = f"{name}:{code.co_firstlineno}"
+        return (code if code is not None else func), name, qualname, module
+    cls = type(func)
+    return cls, f"{cls.__module__}.{cls.__qualname__}", f"{cls.__qualname__}.__call__", cls.__module__
+
+
+class TaskNamer:
+    """Maps callables to cached :class:`TaskIdentity` objects, bounded in distinct names."""
+
+    def __init__(self, limit: int = DEFAULT_NAME_LIMIT) -> None:
+        self.limit = limit
+        self._by_key: dict[object, TaskIdentity] = {}
+        self._by_name: dict[tuple[str, bool], TaskIdentity] = {}
+        self._names: set[str] = set()
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def identify(self, func: Callable[..., Any]) -> TaskIdentity:
+        """The identity of ``func``; for plain functions one attribute read and a dict hit."""
+        hit = self._by_key.get(getattr(func, "__code__", None) or _cache_key(func))
+        return hit if hit is not None else self._new_identity(func)
+
+    def _new_identity(self, func: Callable[..., Any]) -> TaskIdentity:
+        is_async = is_async_callable(func)
+        key, name, function, namespace = _unwrap(func)
+        with self._lock:
+            if name not in self._names and len(self._names) >= self.limit:
+                if not self._warned:
+                    self._warned = True
+                    _logger.warning(
+                        "tasklens: more than %d distinct task names; %s and later new names "
+                        "are recorded as task=%r",
+                        self.limit,
+                        name,
+                        OTHER_TASK,
+                    )
+                name = OTHER_TASK
+            identity = self._by_name.get((name, is_async))
+            if identity is None:
+                identity = TaskIdentity(name, is_async, function, namespace)
+                self._by_name[(name, is_async)] = identity
+                self._names.add(name)
+            self._by_key[key] = identity
+            return identity
+
+    def names(self) -> set[str]:
+        """Distinct task names seen so far."""
+        return set(self._names)
+
+
+def _cache_key(func: Callable[..., Any]) -> object:
+    """The same key as :func:`_unwrap`, without building names."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if isinstance(func, types.MethodType):
+        func = func.__func__
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return code
+    return func if isinstance(func, (types.FunctionType, types.BuiltinFunctionType)) else type(func)

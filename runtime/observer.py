@@ -1,0 +1,28 @@
+"""The lifecycle events the runtime emits, and the protocol observers implement.
+
+enqueued → started → finished(outcome). ``started`` runs in the task's own context (on the
+event loop or in the worker thread) right before the function; ``finished`` right after it,
+in the same context, so an observer may make something current for the task's duration.
+Tasks that never start (skipped, abandoned) get ``finished`` only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from runtime.record import TaskRecord
+
+
+class TaskObserver(Protocol):
+    def enqueued(self, task: TaskRecord) -> None:
+        """The task was added to a response (``add_task`` / ``BackgroundTask(...)``)."""
+
+    def started(self, task: TaskRecord) -> None:
+        """The task's function is about to run."""
+
+    def finished(self, task: TaskRecord) -> None:
+        """The task reached ``task.outcome`` (``task.error`` is set on failure)."""
+
+    def threadpool_changed(self, borrowed: int, total: int) -> None:
+        """Tokens of the runtime's thread-pool limiter changed."""

@@ -1,0 +1,314 @@
+"""Where a task is enqueued, started and finished: the runtime's one execution path.
+
+``enqueue`` captures the task at ``add_task`` time (name, executor, trace context, clock);
+``run`` executes a response's tasks in order, async ones on the event loop and each run of
+consecutive sync ones in a single thread hand-off, isolating failures per ``on_error``.
+Every step is announced to the observers (spans, metrics, logs live in ``telemetry``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import types
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+
+from runtime.context import current_task_var
+from runtime.detached import DetachedExecutor
+from runtime.loop_lag import LoopLagSampler
+from runtime.naming import TaskNamer
+from runtime.observer import TaskObserver
+from runtime.options import RuntimeOptions
+from runtime.record import TaskRecord
+from runtime.stepping import measure_steps
+from telemetry.contract import (
+    OUTCOME_ABANDONED,
+    OUTCOME_CANCELLED,
+    OUTCOME_FAILURE,
+    OUTCOME_SKIPPED,
+    OUTCOME_SUCCESS,
+)
+
+_logger = logging.getLogger("tasklens.runtime")
+_perf = time.perf_counter
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class TaskRunner:
+    """Runs the background tasks of one instrumented app and announces their lifecycle."""
+
+    def __init__(
+        self,
+        options: RuntimeOptions,
+        observers: Sequence[TaskObserver],
+        namer: TaskNamer | None = None,
+    ) -> None:
+        self.options = options
+        self.namer = namer or TaskNamer(options.max_task_names)
+        self.observers = tuple(observers)
+        self._on_enqueued = _hooks(self.observers, "enqueued")
+        self._on_started = _hooks(self.observers, "started")
+        self._on_finished = tuple(reversed(_hooks(self.observers, "finished")))
+        self._on_threadpool = _hooks(self.observers, "threadpool_changed")
+        self._on_loop_lag = _hooks(self.observers, "loop_lag")
+        self._stop_on_error = options.on_error == "stop"
+        self._block_threshold = options.loop_block_threshold
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.detached: DetachedExecutor | None = None
+        self._warned_no_lifespan = False
+
+    # --- enqueue ----------------------------------------------------------------------
+    def enqueue(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent: Context | None = None,
+    ) -> TaskRecord:
+        """Capture a task at ``add_task`` time: name, executor, parent trace context (the
+        request's server span; the current context if None) and clock."""
+        if not callable(func):
+            raise TypeError(
+                f"add_task() expects a callable, got {func!r} of type {type(func).__name__}"
+            )
+        identity = self.namer.identify(func)
+        record = TaskRecord(
+            identity,
+            func,
+            args,
+            kwargs,
+            identity.is_async,
+            parent if parent is not None else otel_context.get_current(),
+            self,
+        )
+        for hook in self._on_enqueued:
+            _safe(hook, record)
+        return record
+
+    # --- run --------------------------------------------------------------------------
+    async def run(self, records: list[TaskRecord]) -> None:
+        """Run a response's tasks: handed to the detached executor, or here, in order."""
+        for record in records:
+            record.claimed = True
+        detached = self.detached
+        if detached is not None and detached.accepting:
+            detached.submit(records)
+            return
+        if self.options.mode == "detached" and not self._warned_no_lifespan:
+            self._warned_no_lifespan = True
+            _logger.warning(
+                "tasklens: mode='detached' but the app's lifespan is not running "
+                "(server started with lifespan='off'?); running tasks inline"
+            )
+        await self.run_batch(records)
+
+    async def run_batch(self, records: Sequence[TaskRecord]) -> None:
+        """Run tasks in order; failures are isolated unless ``on_error="stop"``."""
+        size = len(records)
+        for index, record in enumerate(records):
+            record.index = index
+            record.batch_size = size
+        position = 0
+        try:
+            while position < size:
+                record = records[position]
+                if record.is_async:
+                    await self._run_async(record)
+                    position += 1
+                else:
+                    end = position + 1
+                    while end < size and not records[end].is_async:
+                        end += 1
+                    position = await self._run_sync_batch(records, position, end)
+                    record = records[position - 1]
+                if record.outcome == OUTCOME_FAILURE and self._stop_on_error:
+                    self._finish_unstarted(records[position:], OUTCOME_SKIPPED)
+                    assert record.error is not None
+                    raise record.error
+        except BaseException:
+            self._finish_unstarted(records[position:], OUTCOME_ABANDONED)
+            raise
+
+    async def _run_async(self, record: TaskRecord) -> None:
+        token = current_task_var.set(record)
+        try:
+            for hook in self._on_started:
+                _safe(hook, record)
+            record.started_at = _perf()
+            try:
+                result = record.func(*record.args, **record.kwargs)
+                if self._block_threshold is not None and isinstance(result, types.CoroutineType):
+                    longest = [0.0]
+                    try:
+                        await measure_steps(result, longest)
+                    finally:
+                        record.loop_blocking = longest[0]
+                else:
+                    await result
+            except Exception as exc:
+                record.outcome = OUTCOME_FAILURE
+                record.error = exc
+            except BaseException as exc:
+                cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                record.outcome = OUTCOME_CANCELLED if cancelled else OUTCOME_FAILURE
+                record.error = exc
+                self._finish(record)
+                raise
+            else:
+                record.outcome = OUTCOME_SUCCESS
+            self._finish(record)
+        finally:
+            current_task_var.reset(token)
+
+    async def _run_sync_batch(self, records: Sequence[TaskRecord], start: int, end: int) -> int:
+        """Run ``records[start:end]`` (all sync) in one thread hand-off; return the next index."""
+        limiter = self._get_limiter()
+        handoff = _perf()
+        reached, fatal, cancelled = await anyio.to_thread.run_sync(
+            self._sync_batch_in_thread, records, start, end, handoff, limiter, limiter=limiter
+        )
+        self._report_threadpool(limiter)
+        if fatal is not None:
+            self._finish_unstarted(records[reached:], OUTCOME_ABANDONED)
+            raise fatal
+        if cancelled:
+            # Cancelled between two tasks: the rest never started.
+            self._finish_unstarted(records[reached:], OUTCOME_ABANDONED)
+            await anyio.lowlevel.checkpoint()
+            raise anyio.get_cancelled_exc_class()()
+        return reached
+
+    def _sync_batch_in_thread(
+        self,
+        records: Sequence[TaskRecord],
+        start: int,
+        end: int,
+        handoff: float,
+        limiter: anyio.CapacityLimiter,
+    ) -> tuple[int, BaseException | None, bool]:
+        self._report_threadpool(limiter)
+        for position in range(start, end):
+            record = records[position]
+            if position > start:
+                try:
+                    anyio.from_thread.check_cancelled()
+                except BaseException:
+                    return position, None, True
+                record.threadpool_wait = 0.0
+            else:
+                record.threadpool_wait = _perf() - handoff
+            # A fresh copy per task: contextvars set by one task never leak into the next.
+            fatal = contextvars.copy_context().run(self._run_sync_one, record)
+            if fatal is not None:
+                return position + 1, fatal, False
+            if record.outcome == OUTCOME_FAILURE and self._stop_on_error:
+                return position + 1, None, False
+        return end, None, False
+
+    def _run_sync_one(self, record: TaskRecord) -> BaseException | None:
+        current_task_var.set(record)
+        for hook in self._on_started:
+            _safe(hook, record)
+        record.started_at = _perf()
+        fatal: BaseException | None = None
+        try:
+            record.func(*record.args, **record.kwargs)
+        except Exception as exc:
+            record.outcome = OUTCOME_FAILURE
+            record.error = exc
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: recorded, then re-raised
+            record.outcome = OUTCOME_FAILURE
+            record.error = fatal = exc
+        else:
+            record.outcome = OUTCOME_SUCCESS
+        self._finish(record)
+        return fatal
+
+    # --- finish -----------------------------------------------------------------------
+    def _finish(self, record: TaskRecord) -> None:
+        record.finished_at = _perf()
+        for hook in self._on_finished:
+            _safe(hook, record)
+
+    def _finish_unstarted(self, records: Sequence[TaskRecord], outcome: str) -> None:
+        for record in records:
+            if record.outcome is None:
+                record.outcome = outcome
+                self._finish(record)
+
+    def abandon(self, records: Sequence[TaskRecord], reason: str) -> None:
+        """Finish never-started tasks as ``abandoned`` (each is counted and logged)."""
+        for record in records:
+            record.claimed = True
+        self._finish_unstarted(records, OUTCOME_ABANDONED)
+
+    # --- thread pool and lifespan -----------------------------------------------------
+    def _get_limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.options.threadpool_size)
+        return self._limiter
+
+    def _report_threadpool(self, limiter: anyio.CapacityLimiter) -> None:
+        if self._on_threadpool:
+            borrowed, total = limiter.borrowed_tokens, int(limiter.total_tokens)
+            for hook in self._on_threadpool:
+                _safe(hook, borrowed, total)
+
+    def threadpool_statistics(self) -> tuple[int, int]:
+        """(borrowed, total) tokens of the runtime's thread-pool limiter."""
+        limiter = self._limiter
+        if limiter is None:
+            return 0, self.options.threadpool_size
+        return limiter.borrowed_tokens, int(limiter.total_tokens)
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Run with the app's lifespan: loop-lag sampler and, in detached mode, the task group."""
+        self._limiter = anyio.CapacityLimiter(self.options.threadpool_size)
+        self._report_threadpool(self._limiter)
+        async with anyio.create_task_group() as group:
+            sampler = None
+            if self.options.loop_lag_interval is not None and self._on_loop_lag:
+                sampler = LoopLagSampler(self.options.loop_lag_interval, self._on_loop_lag)
+                group.start_soon(sampler.run)
+            try:
+                if self.options.mode == "detached":
+                    async with DetachedExecutor(self, self.options) as executor:
+                        self.detached = executor
+                        try:
+                            yield
+                        finally:
+                            self.detached = None
+                else:
+                    yield
+            finally:
+                if sampler is not None:
+                    sampler.stop()
+                group.cancel_scope.cancel()
+
+
+def _hooks(observers: Sequence[TaskObserver], name: str) -> tuple[Callable[..., None], ...]:
+    return tuple(
+        hook for hook in (getattr(o, name, None) for o in observers) if hook is not None
+    )
+
+
+def _safe(hook: Callable[..., None], *args: Any) -> None:
+    """Call an observer hook; an observer bug is logged, never raised into the task."""
+    try:
+        hook(*args)
+    except Exception:
+        _logger.exception("tasklens: observer %r failed", hook)

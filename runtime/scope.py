@@ -1,0 +1,34 @@
+"""Per-request bookkeeping: which tasks a request added, so none is lost uncounted."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
+    from runtime.record import TaskRecord
+    from runtime.runner import TaskRunner
+
+
+class RequestScope:
+    """Tasks added during one request of an instrumented app.
+
+    A task whose response is never sent (the endpoint raised after ``add_task``) is never
+    run by Starlette; at the end of the request such tasks are finished as ``abandoned``.
+    """
+
+    __slots__ = ("runner", "records", "context")
+
+    def __init__(self, runner: TaskRunner, context: Context) -> None:
+        self.runner = runner
+        self.records: list[TaskRecord] = []
+        #: The trace context at the start of the request: its span is the request's server
+        #: span, the parent of every task the request adds.
+        self.context = context
+
+    def close(self) -> None:
+        """Finish every task of this request that nothing claimed to run."""
+        leftovers = [r for r in self.records if not r.claimed]
+        if leftovers:
+            self.runner.abandon(leftovers, reason="its response was never sent")

@@ -1,0 +1,52 @@
+"""Drive a coroutine step by step to find its longest uninterrupted event-loop step."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Coroutine, Generator
+from time import perf_counter
+from typing import Any
+
+
+@types.coroutine
+def measure_steps(coro: Coroutine[Any, Any, Any], longest: list[float]) -> Generator[Any, Any, Any]:
+    """Await ``coro``; ``longest[0]`` ends up as its longest step (time between two awaits).
+
+    Each ``send``/``throw`` into the coroutine runs it until its next suspension, which is
+    exactly the time it held the event loop. Futures it yields are passed through unchanged.
+    """
+    value: Any = None
+    error: BaseException | None = None
+    peak = 0.0
+    try:
+        while True:
+            start = perf_counter()
+            try:
+                if error is None:
+                    yielded = coro.send(value)
+                else:
+                    yielded = coro.throw(error)
+            except StopIteration as stop:
+                step = perf_counter() - start
+                if step > peak:
+                    peak = step
+                return stop.value
+            except BaseException:
+                step = perf_counter() - start
+                if step > peak:
+                    peak = step
+                raise
+            step = perf_counter() - start
+            if step > peak:
+                peak = step
+            try:
+                value = yield yielded
+                error = None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # delivered by the event loop (e.g. cancellation)
+                value = None
+                error = exc
+    finally:
+        longest[0] = peak

@@ -1,0 +1,46 @@
+"""Detached mode's trade-off: FastAPI closes yield dependencies before a detached task runs."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+_logger = logging.getLogger("tasklens.runtime")
+
+
+def _uses_yield(dependant: Any) -> bool:
+    call = getattr(dependant, "call", None)
+    if call is not None and (
+        inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call)
+    ):
+        return True
+    return any(_uses_yield(sub) for sub in getattr(dependant, "dependencies", ()))
+
+
+def _uses_background(dependant: Any) -> bool:
+    if getattr(dependant, "background_tasks_param_name", None):
+        return True
+    return any(_uses_background(sub) for sub in getattr(dependant, "dependencies", ()))
+
+
+def routes_at_risk(app: Any) -> list[str]:
+    """Paths of FastAPI routes that take BackgroundTasks and also have a yield dependency."""
+    risky = []
+    for route in getattr(app, "routes", ()):
+        dependant = getattr(route, "dependant", None)
+        if dependant is not None and _uses_background(dependant) and _uses_yield(dependant):
+            risky.append(getattr(route, "path", repr(route)))
+    return risky
+
+
+def warn_yield_dependencies(app: Any) -> None:
+    """Log one warning naming the routes whose tasks may use already-closed resources."""
+    risky = routes_at_risk(app)
+    if risky:
+        _logger.warning(
+            "tasklens: mode='detached': routes %s use BackgroundTasks and a dependency with "
+            "yield; the dependency's cleanup runs before the detached task does, so do not "
+            "pass request-scoped resources (DB sessions, files) to those tasks",
+            ", ".join(risky),
+        )

@@ -1,0 +1,159 @@
+"""The telemetry contract: every metric, label, span and attribute name, written once.
+
+Dashboards, alert rules, tests and the README tables are generated from or checked
+against this module, so a rename here is a rename everywhere (or a failing test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: Where a task ran.
+EXECUTOR_EVENT_LOOP = "event_loop"
+EXECUTOR_THREAD_POOL = "thread_pool"
+EXECUTORS = (EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_POOL)
+
+#: How a task ended. ``skipped``: not run because an earlier task of the same response
+#: failed under ``on_error="stop"``. ``cancelled``: cancelled while running.
+#: ``abandoned``: never started (shutdown, or its response was never sent).
+OUTCOME_SUCCESS = "success"
+OUTCOME_FAILURE = "failure"
+OUTCOME_SKIPPED = "skipped"
+OUTCOME_CANCELLED = "cancelled"
+OUTCOME_ABANDONED = "abandoned"
+OUTCOMES = (OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_SKIPPED, OUTCOME_CANCELLED, OUTCOME_ABANDONED)
+
+#: Name used for tasks beyond the cardinality limit.
+OTHER_TASK = "other"
+
+#: Histogram buckets, seconds: 100 µs (a log write) to 10 minutes (a report).
+DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+MetricType = Literal["counter", "histogram", "gauge"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One Prometheus metric: its name (without the ``_total`` suffix for counters) and labels."""
+
+    name: str
+    type: MetricType
+    labels: tuple[str, ...]
+    help: str
+    multiprocess_mode: str = "livesum"
+
+    @property
+    def sample_name(self) -> str:
+        """The name as it appears in PromQL (counters gain ``_total``)."""
+        return f"{self.name}_total" if self.type == "counter" else self.name
+
+
+ENQUEUED = MetricSpec("bgtask_enqueued", "counter", ("task",), "Background tasks added to a response.")
+FINISHED = MetricSpec(
+    "bgtask_finished",
+    "counter",
+    ("task", "executor", "outcome"),
+    "Background tasks that reached an outcome (success, failure, skipped, cancelled, abandoned).",
+)
+FAILURES = MetricSpec(
+    "bgtask_failures", "counter", ("task", "exception"), "Background task failures by exception class."
+)
+QUEUE_SECONDS = MetricSpec(
+    "bgtask_queue_seconds",
+    "histogram",
+    ("task", "executor"),
+    "Time from add_task to the start of the task function (includes thread-pool wait).",
+)
+THREADPOOL_WAIT_SECONDS = MetricSpec(
+    "bgtask_threadpool_wait_seconds", "histogram", ("task",), "Wait for a thread-pool slot (sync tasks)."
+)
+DURATION_SECONDS = MetricSpec(
+    "bgtask_duration_seconds",
+    "histogram",
+    ("task", "executor", "outcome"),
+    "Task function run time, start to end.",
+)
+IN_PROGRESS = MetricSpec(
+    "bgtask_in_progress", "gauge", ("task", "executor"), "Background tasks running now."
+)
+PENDING = MetricSpec("bgtask_pending", "gauge", (), "Background tasks added and not started yet.")
+THREADPOOL_TOKENS = MetricSpec(
+    "bgtask_threadpool_tokens",
+    "gauge",
+    ("state",),
+    "Thread-pool tokens of the background-task limiter (state: borrowed or total).",
+    multiprocess_mode="livesum",
+)
+LOOP_BLOCKING_SECONDS = MetricSpec(
+    "bgtask_loop_blocking_seconds",
+    "histogram",
+    ("task",),
+    "Longest uninterrupted event-loop step (time between two awaits) of each async task.",
+)
+EVENT_LOOP_LAG_SECONDS = MetricSpec(
+    "bgtask_event_loop_lag_seconds", "histogram", (), "Event-loop lag measured by a periodic sampler."
+)
+SPANS_DROPPED = MetricSpec(
+    "bgtask_spans_dropped",
+    "counter",
+    (),
+    "Task spans dropped by the span exporter queue (collector down or too slow).",
+)
+
+#: The core contract, in README order.
+CORE_METRICS = (
+    ENQUEUED,
+    FINISHED,
+    FAILURES,
+    QUEUE_SECONDS,
+    THREADPOOL_WAIT_SECONDS,
+    DURATION_SECONDS,
+    IN_PROGRESS,
+    PENDING,
+    THREADPOOL_TOKENS,
+)
+ALL_METRICS = (*CORE_METRICS, LOOP_BLOCKING_SECONDS, EVENT_LOOP_LAG_SECONDS, SPANS_DROPPED)
+
+# --- Traces -------------------------------------------------------------------------------
+SPAN_NAME_PREFIX = "bgtask "
+ENQUEUED_EVENT = "bgtask.enqueued"
+LOOP_BLOCKED_EVENT = "bgtask.loop_blocked"
+
+ATTR_NAME = "bgtask.name"
+ATTR_EXECUTOR = "bgtask.executor"
+ATTR_QUEUE_SECONDS = "bgtask.queue_seconds"
+ATTR_THREADPOOL_WAIT_SECONDS = "bgtask.threadpool_wait_seconds"
+ATTR_OUTCOME = "bgtask.outcome"
+ATTR_INDEX = "bgtask.index"
+ATTR_BATCH_SIZE = "bgtask.batch_size"
+ATTR_ARGS = "bgtask.args"
+ATTR_KWARGS = "bgtask.kwargs"
+ATTR_CODE_FUNCTION = "code.function"
+ATTR_CODE_NAMESPACE = "code.namespace"
+ATTR_ERROR_TYPE = "error.type"
+
+#: Span attributes in README order, with what they hold.
+SPAN_ATTRIBUTES = {
+    ATTR_NAME: "task name, module.qualname of the callable",
+    ATTR_EXECUTOR: "event_loop or thread_pool",
+    ATTR_QUEUE_SECONDS: "add_task to function start",
+    ATTR_THREADPOOL_WAIT_SECONDS: "wait for a thread-pool slot (sync tasks only)",
+    ATTR_OUTCOME: "success, failure, skipped, cancelled or abandoned",
+    ATTR_INDEX: "position of the task among its response's tasks (0-based)",
+    ATTR_BATCH_SIZE: "number of tasks of the response",
+    ATTR_CODE_FUNCTION: "the callable's qualname",
+    ATTR_CODE_NAMESPACE: "the callable's module",
+    ATTR_ERROR_TYPE: "exception class, on failure",
+}
+
+
+def error_type(exc: BaseException) -> str:
+    """The ``exception`` label and ``error.type`` attribute: class name, module-qualified
+    unless it is a builtin (``ValueError``, ``shop.payments.CardDeclined``)."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -1,0 +1,143 @@
+"""The contract's Prometheus metrics and the observer that records task lifecycles in them.
+
+Metric objects are created once per registry; each task name's label children are created
+the first time the task is seen (counters at 0, so ``rate()`` works from the start) and
+cached on the task identity, so the hot path never looks labels up by string.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from runtime.record import TaskRecord
+from telemetry import contract as c
+
+_lock = threading.Lock()
+_by_registry: dict[int, TaskMetrics] = {}
+
+
+def multiprocess_mode() -> bool:
+    """True when prometheus_client writes to ``PROMETHEUS_MULTIPROC_DIR`` (several workers)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
+
+
+def _make(spec: c.MetricSpec, registry: CollectorRegistry) -> Any:
+    kwargs: dict[str, Any] = {"registry": registry}
+    if spec.type == "counter":
+        return Counter(spec.name, spec.help, spec.labels, **kwargs)
+    if spec.type == "histogram":
+        return Histogram(spec.name, spec.help, spec.labels, buckets=c.DURATION_BUCKETS, **kwargs)
+    return Gauge(spec.name, spec.help, spec.labels, multiprocess_mode=spec.multiprocess_mode, **kwargs)
+
+
+class TaskMetrics:
+    """Every metric of :mod:`telemetry.contract`, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.enqueued = _make(c.ENQUEUED, registry)
+        self.finished = _make(c.FINISHED, registry)
+        self.failures = _make(c.FAILURES, registry)
+        self.queue_seconds = _make(c.QUEUE_SECONDS, registry)
+        self.threadpool_wait_seconds = _make(c.THREADPOOL_WAIT_SECONDS, registry)
+        self.duration_seconds = _make(c.DURATION_SECONDS, registry)
+        self.in_progress = _make(c.IN_PROGRESS, registry)
+        self.pending = _make(c.PENDING, registry)
+        self.threadpool_tokens = _make(c.THREADPOOL_TOKENS, registry)
+        self.loop_blocking_seconds = _make(c.LOOP_BLOCKING_SECONDS, registry)
+        self.event_loop_lag_seconds = _make(c.EVENT_LOOP_LAG_SECONDS, registry)
+        self.spans_dropped = _make(c.SPANS_DROPPED, registry)
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> TaskMetrics:
+        """The one TaskMetrics of ``registry`` (created on first use)."""
+        with _lock:
+            metrics = _by_registry.get(id(registry))
+            if metrics is None:
+                metrics = _by_registry[id(registry)] = cls(registry)
+            return metrics
+
+
+class _TaskChildren:
+    """Label children of one task name and executor, created once."""
+
+    __slots__ = ("name", "enqueued", "finished", "queue", "duration", "in_progress", "wait",
+                 "blocking", "failures")  # fmt: skip
+
+    def __init__(self, m: TaskMetrics, name: str, executor: str) -> None:
+        self.name = name
+        self.enqueued = m.enqueued.labels(name)
+        self.finished = {o: m.finished.labels(name, executor, o) for o in c.OUTCOMES}
+        self.queue = m.queue_seconds.labels(name, executor)
+        self.duration = {o: m.duration_seconds.labels(name, executor, o) for o in c.OUTCOMES}
+        self.in_progress = m.in_progress.labels(name, executor)
+        self.wait = m.threadpool_wait_seconds.labels(name) if executor == c.EXECUTOR_THREAD_POOL else None
+        self.blocking = m.loop_blocking_seconds.labels(name) if executor == c.EXECUTOR_EVENT_LOOP else None
+        self.failures: dict[str, Any] = {}
+
+
+class MetricsObserver:
+    """Records enqueue, start and finish of every task in the contract's metrics."""
+
+    def __init__(self, metrics: TaskMetrics | None = None) -> None:
+        self.metrics = metrics or TaskMetrics.for_registry()
+        self._pending = self.metrics.pending
+        self._borrowed = self.metrics.threadpool_tokens.labels("borrowed")
+        self._total = self.metrics.threadpool_tokens.labels("total")
+        self._exemplars = not multiprocess_mode()
+
+    def _children(self, task: TaskRecord) -> _TaskChildren:
+        cache = task.identity.cache
+        children: _TaskChildren | None = cache.get(self)
+        if children is None:
+            children = cache[self] = _TaskChildren(self.metrics, task.name, task.executor)
+        return children
+
+    def enqueued(self, task: TaskRecord) -> None:
+        self._children(task).enqueued.inc()
+        self._pending.inc()
+
+    def started(self, task: TaskRecord) -> None:
+        self._pending.dec()
+        self._children(task).in_progress.inc()
+
+    def finished(self, task: TaskRecord) -> None:
+        children = self._children(task)
+        outcome = task.outcome or c.OUTCOME_ABANDONED
+        if task.started_at is None:
+            self._pending.dec()
+        else:
+            children.in_progress.dec()
+            exemplar = self._exemplar() if self._exemplars else None
+            children.queue.observe(task.queue_seconds, exemplar)
+            children.duration[outcome].observe(task.duration_seconds, exemplar)
+            if children.wait is not None and task.threadpool_wait is not None:
+                children.wait.observe(task.threadpool_wait)
+            if children.blocking is not None and task.loop_blocking is not None:
+                children.blocking.observe(task.loop_blocking)
+        children.finished[outcome].inc()
+        if task.error is not None and outcome == c.OUTCOME_FAILURE:
+            kind = c.error_type(task.error)
+            counter = children.failures.get(kind)
+            if counter is None:
+                counter = children.failures[kind] = self.metrics.failures.labels(task.name, kind)
+            counter.inc()
+
+    def threadpool_changed(self, borrowed: int, total: int) -> None:
+        self._borrowed.set(borrowed)
+        self._total.set(total)
+
+    def loop_lag(self, seconds: float) -> None:
+        self.metrics.event_loop_lag_seconds.observe(seconds)
+
+    @staticmethod
+    def _exemplar() -> dict[str, str] | None:
+        ctx = trace.get_current_span().get_span_context()
+        if not ctx.trace_flags.sampled:
+            return None
+        return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}

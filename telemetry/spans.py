@@ -1,0 +1,98 @@
+"""The span observer: one INTERNAL span per task, child of the request that added it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from runtime.record import TaskRecord
+from telemetry import contract as c
+from telemetry.redact import describe_args
+
+_INTERNAL = SpanKind.INTERNAL
+
+
+class SpanObserver:
+    """Starts the task span when the function starts and makes it current for the task's
+    duration (so logs and user spans nest under it); ends it with outcome and timings."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        record_args: bool = False,
+        loop_block_threshold: float | None = None,
+    ) -> None:
+        self._tracer = trace.get_tracer("tasklens", tracer_provider=tracer_provider)
+        self._record_args = record_args
+        self._block_threshold = loop_block_threshold
+
+    def enqueued(self, task: TaskRecord) -> None:
+        span = trace.get_current_span(task.parent_context)
+        if span.is_recording():
+            span.add_event(c.ENQUEUED_EVENT, {c.ATTR_NAME: task.name})
+
+    def _static(self, task: TaskRecord) -> tuple[str, dict[str, Any]]:
+        cached = task.identity.cache.get(self)
+        if cached is None:
+            identity = task.identity
+            cached = task.identity.cache[self] = (
+                c.SPAN_NAME_PREFIX + identity.name,
+                {
+                    c.ATTR_NAME: identity.name,
+                    c.ATTR_EXECUTOR: identity.executor,
+                    c.ATTR_CODE_FUNCTION: identity.code_function,
+                    c.ATTR_CODE_NAMESPACE: identity.code_namespace,
+                },
+            )
+        return cached
+
+    def _start(self, task: TaskRecord, start_time: int | None = None) -> trace.Span:
+        name, static = self._static(task)
+        attributes = {**static, c.ATTR_INDEX: task.index, c.ATTR_BATCH_SIZE: task.batch_size}
+        if self._record_args:
+            args, kwargs = describe_args(task.args, task.kwargs)
+            attributes[c.ATTR_ARGS] = json.dumps(args)
+            attributes[c.ATTR_KWARGS] = json.dumps(kwargs)
+        return self._tracer.start_span(
+            name, task.parent_context, _INTERNAL, attributes, start_time=start_time
+        )
+
+    def started(self, task: TaskRecord) -> None:
+        span = self._start(task)
+        token = otel_context.attach(trace.set_span_in_context(span, task.parent_context))
+        task.observer_state[self] = (span, token)
+
+    def finished(self, task: TaskRecord) -> None:
+        state = task.observer_state.pop(self, None)
+        if state is None:  # never started (skipped, abandoned): a zero-length span says so
+            span, token = self._start(task, start_time=task.enqueued_ns), None
+        else:
+            span, token = state
+        try:
+            if span.is_recording():
+                self._annotate(span, task)
+            span.end()
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    def _annotate(self, span: trace.Span, task: TaskRecord) -> None:
+        attributes: dict[str, Any] = {
+            c.ATTR_OUTCOME: task.outcome,
+            c.ATTR_QUEUE_SECONDS: task.queue_seconds,
+        }
+        if task.threadpool_wait is not None:
+            attributes[c.ATTR_THREADPOOL_WAIT_SECONDS] = task.threadpool_wait
+        error = task.error
+        if error is not None:
+            attributes[c.ATTR_ERROR_TYPE] = c.error_type(error)
+            span.record_exception(error, escaped=False)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.set_attributes(attributes)
+        blocking = task.loop_blocking
+        if self._block_threshold is not None and blocking is not None and blocking > self._block_threshold:
+            span.add_event(c.LOOP_BLOCKED_EVENT, {"bgtask.step_seconds": blocking})
