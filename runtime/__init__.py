@@ -1,9 +1,9 @@
 """tasklens runtime: FastAPI/Starlette background tasks, run and observed.
 
-    import runtime, telemetry
-    telemetry.setup(service_name="shop")
-    app = FastAPI()
-    runtime.instrument(app)
+import runtime, telemetry
+telemetry.setup(service_name="shop")
+app = FastAPI()
+runtime.instrument(app)
 """
 
 from runtime.background import BackgroundTasks

@@ -28,7 +28,7 @@ _logger = logging.getLogger("tasklens.runtime")
 class TaskIdentity:
     """What every task of one callable shares: its label values and cached observer data."""
 
-    __slots__ = ("name", "executor", "is_async", "code_function", "code_namespace", "cache")
+    __slots__ = ("cache", "code_function", "code_namespace", "executor", "is_async", "name")
 
     def __init__(self, name: str, is_async: bool, code_function: str, code_namespace: str) -> None:
         self.name = name
@@ -58,7 +58,12 @@ def _unwrap(func: Callable[..., Any]) -> tuple[object, str, str, str]:
             name = f"{name}:{code.co_firstlineno}"
         return (code if code is not None else func), name, qualname, module
     cls = type(func)
-    return cls, f"{cls.__module__}.{cls.__qualname__}", f"{cls.__qualname__}.__call__", cls.__module__
+    return (
+        cls,
+        f"{cls.__module__}.{cls.__qualname__}",
+        f"{cls.__qualname__}.__call__",
+        cls.__module__,
+    )
 
 
 class TaskNamer:

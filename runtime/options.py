@@ -41,30 +41,28 @@ class RuntimeOptions:
     request_spans: bool = True
 
     def __post_init__(self) -> None:
-        _check(
-            self.metrics_path is None
-            or (isinstance(self.metrics_path, str) and self.metrics_path.startswith("/")),
-            "metrics_path",
-            self.metrics_path,
-            "a path starting with '/', or None",
-        )
-        _check(self.on_error in ON_ERROR_CHOICES, "on_error", self.on_error, "'continue' or 'stop'")
-        _check(isinstance(self.record_args, bool), "record_args", self.record_args, "True or False")
-        _check(self.mode in MODE_CHOICES, "mode", self.mode, "'inline' or 'detached'")
-        _check(_positive_int(self.max_concurrency), "max_concurrency", self.max_concurrency,
-               "a positive int")  # fmt: skip
-        _check(_non_negative(self.shutdown_timeout), "shutdown_timeout", self.shutdown_timeout,
-               "a number of seconds >= 0")  # fmt: skip
-        _check(_positive_int(self.threadpool_size), "threadpool_size", self.threadpool_size,
-               "a positive int")  # fmt: skip
-        _check(_positive_int(self.max_task_names), "max_task_names", self.max_task_names,
-               "a positive int")  # fmt: skip
-        _check(self.loop_block_threshold is None or _positive(self.loop_block_threshold),
-               "loop_block_threshold", self.loop_block_threshold, "seconds > 0, or None")  # fmt: skip
-        _check(self.loop_lag_interval is None or _positive(self.loop_lag_interval),
-               "loop_lag_interval", self.loop_lag_interval, "seconds > 0, or None")  # fmt: skip
-        _check(isinstance(self.request_spans, bool), "request_spans", self.request_spans,
-               "True or False")  # fmt: skip
+        path = self.metrics_path
+        checks = [
+            ("metrics_path", path is None or (isinstance(path, str) and path.startswith("/")),
+             "a path starting with '/', or None"),
+            ("on_error", self.on_error in ON_ERROR_CHOICES, "'continue' or 'stop'"),
+            ("record_args", isinstance(self.record_args, bool), "True or False"),
+            ("mode", self.mode in MODE_CHOICES, "'inline' or 'detached'"),
+            ("max_concurrency", _positive_int(self.max_concurrency), "a positive int"),
+            ("shutdown_timeout", _non_negative(self.shutdown_timeout), "seconds >= 0"),
+            ("threadpool_size", _positive_int(self.threadpool_size), "a positive int"),
+            ("max_task_names", _positive_int(self.max_task_names), "a positive int"),
+            ("loop_block_threshold", _positive_or_none(self.loop_block_threshold),
+             "seconds > 0, or None"),
+            ("loop_lag_interval", _positive_or_none(self.loop_lag_interval),
+             "seconds > 0, or None"),
+            ("request_spans", isinstance(self.request_spans, bool), "True or False"),
+        ]  # fmt: skip
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(
+                    f"instrument(): invalid {name}={getattr(self, name)!r}; expected {expected}"
+                )
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> RuntimeOptions:
@@ -79,17 +77,16 @@ class RuntimeOptions:
         return cls(**kwargs)
 
 
-def _check(ok: bool, name: str, value: object, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"instrument(): invalid {name}={value!r}; expected {expected}")
-
-
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _positive_or_none(value: object) -> bool:
+    return value is None or _positive(value)
 
 
 def _non_negative(value: object) -> bool:

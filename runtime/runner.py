@@ -301,9 +301,7 @@ class TaskRunner:
 
 
 def _hooks(observers: Sequence[TaskObserver], name: str) -> tuple[Callable[..., None], ...]:
-    return tuple(
-        hook for hook in (getattr(o, name, None) for o in observers) if hook is not None
-    )
+    return tuple(hook for hook in (getattr(o, name, None) for o in observers) if hook is not None)
 
 
 def _safe(hook: Callable[..., None], *args: Any) -> None:

@@ -18,7 +18,7 @@ class RequestScope:
     run by Starlette; at the end of the request such tasks are finished as ``abandoned``.
     """
 
-    __slots__ = ("runner", "records", "context")
+    __slots__ = ("context", "records", "runner")
 
     def __init__(self, runner: TaskRunner, context: Context) -> None:
         self.runner = runner

@@ -22,10 +22,7 @@ def measure_steps(coro: Coroutine[Any, Any, Any], longest: list[float]) -> Gener
         while True:
             start = perf_counter()
             try:
-                if error is None:
-                    yielded = coro.send(value)
-                else:
-                    yielded = coro.throw(error)
+                yielded = coro.send(value) if error is None else coro.throw(error)
             except StopIteration as stop:
                 step = perf_counter() - start
                 if step > peak:

@@ -11,9 +11,7 @@ _logger = logging.getLogger("tasklens.runtime")
 
 def _uses_yield(dependant: Any) -> bool:
     call = getattr(dependant, "call", None)
-    if call is not None and (
-        inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call)
-    ):
+    if call is not None and (inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call)):
         return True
     return any(_uses_yield(sub) for sub in getattr(dependant, "dependencies", ()))
 

@@ -52,7 +52,9 @@ class MetricSpec:
         return f"{self.name}_total" if self.type == "counter" else self.name
 
 
-ENQUEUED = MetricSpec("bgtask_enqueued", "counter", ("task",), "Background tasks added to a response.")
+ENQUEUED = MetricSpec(
+    "bgtask_enqueued", "counter", ("task",), "Background tasks added to a response."
+)
 FINISHED = MetricSpec(
     "bgtask_finished",
     "counter",
@@ -60,7 +62,10 @@ FINISHED = MetricSpec(
     "Background tasks that reached an outcome (success, failure, skipped, cancelled, abandoned).",
 )
 FAILURES = MetricSpec(
-    "bgtask_failures", "counter", ("task", "exception"), "Background task failures by exception class."
+    "bgtask_failures",
+    "counter",
+    ("task", "exception"),
+    "Background task failures by exception class.",
 )
 QUEUE_SECONDS = MetricSpec(
     "bgtask_queue_seconds",
@@ -69,7 +74,10 @@ QUEUE_SECONDS = MetricSpec(
     "Time from add_task to the start of the task function (includes thread-pool wait).",
 )
 THREADPOOL_WAIT_SECONDS = MetricSpec(
-    "bgtask_threadpool_wait_seconds", "histogram", ("task",), "Wait for a thread-pool slot (sync tasks)."
+    "bgtask_threadpool_wait_seconds",
+    "histogram",
+    ("task",),
+    "Wait for a thread-pool slot (sync tasks).",
 )
 DURATION_SECONDS = MetricSpec(
     "bgtask_duration_seconds",
@@ -95,7 +103,10 @@ LOOP_BLOCKING_SECONDS = MetricSpec(
     "Longest uninterrupted event-loop step (time between two awaits) of each async task.",
 )
 EVENT_LOOP_LAG_SECONDS = MetricSpec(
-    "bgtask_event_loop_lag_seconds", "histogram", (), "Event-loop lag measured by a periodic sampler."
+    "bgtask_event_loop_lag_seconds",
+    "histogram",
+    (),
+    "Event-loop lag measured by a periodic sampler.",
 )
 SPANS_DROPPED = MetricSpec(
     "bgtask_spans_dropped",

@@ -108,9 +108,9 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         batch = self._batch_processor
         queue = getattr(batch, "_queue", None)
-        if queue is not None and len(queue) >= getattr(batch, "_max_queue_size", 1 << 62):
-            if span.context is not None and span.context.trace_flags.sampled:
-                self._dropped.inc()
+        full = queue is not None and len(queue) >= getattr(batch, "_max_queue_size", 1 << 62)
+        if full and span.context is not None and span.context.trace_flags.sampled:
+            self._dropped.inc()
         super().on_end(span)
 
 

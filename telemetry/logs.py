@@ -103,9 +103,7 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None)
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json_lines
-        else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -135,7 +133,9 @@ class LogObserver:
     """Logs each failure once (error level, traceback, task fields), and every cancelled,
     abandoned or loop-blocking task by name."""
 
-    def __init__(self, record_args: bool = False, loop_block_threshold: float | None = None) -> None:
+    def __init__(
+        self, record_args: bool = False, loop_block_threshold: float | None = None
+    ) -> None:
         self._log = structlog.get_logger("tasklens")
         self._record_args = record_args
         self._block_threshold = loop_block_threshold
@@ -143,7 +143,11 @@ class LogObserver:
     def finished(self, task: TaskRecord) -> None:
         outcome = task.outcome
         blocking = task.loop_blocking
-        if self._block_threshold is not None and blocking is not None and blocking > self._block_threshold:
+        if (
+            self._block_threshold is not None
+            and blocking is not None
+            and blocking > self._block_threshold
+        ):
             self._log.warning(
                 "background task blocked the event loop",
                 task=task.name,

@@ -23,7 +23,7 @@ _by_registry: dict[int, TaskMetrics] = {}
 
 def multiprocess_mode() -> bool:
     """True when prometheus_client writes to ``PROMETHEUS_MULTIPROC_DIR`` (several workers)."""
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def _make(spec: c.MetricSpec, registry: CollectorRegistry) -> Any:
@@ -32,7 +32,9 @@ def _make(spec: c.MetricSpec, registry: CollectorRegistry) -> Any:
         return Counter(spec.name, spec.help, spec.labels, **kwargs)
     if spec.type == "histogram":
         return Histogram(spec.name, spec.help, spec.labels, buckets=c.DURATION_BUCKETS, **kwargs)
-    return Gauge(spec.name, spec.help, spec.labels, multiprocess_mode=spec.multiprocess_mode, **kwargs)
+    return Gauge(
+        spec.name, spec.help, spec.labels, multiprocess_mode=spec.multiprocess_mode, **kwargs
+    )
 
 
 class TaskMetrics:
@@ -66,8 +68,17 @@ class TaskMetrics:
 class _TaskChildren:
     """Label children of one task name and executor, created once."""
 
-    __slots__ = ("name", "enqueued", "finished", "queue", "duration", "in_progress", "wait",
-                 "blocking", "failures")  # fmt: skip
+    __slots__ = (
+        "blocking",
+        "duration",
+        "enqueued",
+        "failures",
+        "finished",
+        "in_progress",
+        "name",
+        "queue",
+        "wait",
+    )  # fmt: skip
 
     def __init__(self, m: TaskMetrics, name: str, executor: str) -> None:
         self.name = name
@@ -76,8 +87,12 @@ class _TaskChildren:
         self.queue = m.queue_seconds.labels(name, executor)
         self.duration = {o: m.duration_seconds.labels(name, executor, o) for o in c.OUTCOMES}
         self.in_progress = m.in_progress.labels(name, executor)
-        self.wait = m.threadpool_wait_seconds.labels(name) if executor == c.EXECUTOR_THREAD_POOL else None
-        self.blocking = m.loop_blocking_seconds.labels(name) if executor == c.EXECUTOR_EVENT_LOOP else None
+        self.wait = (
+            m.threadpool_wait_seconds.labels(name) if executor == c.EXECUTOR_THREAD_POOL else None
+        )
+        self.blocking = (
+            m.loop_blocking_seconds.labels(name) if executor == c.EXECUTOR_EVENT_LOOP else None
+        )
         self.failures: dict[str, Any] = {}
 
 

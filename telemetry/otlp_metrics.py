@@ -53,7 +53,9 @@ def _exemplars(sample: Sample) -> list[Exemplar]:
     ]
 
 
-def _histogram_points(samples: Iterable[Sample], base: str, start: int, now: int) -> list[HistogramDataPoint]:
+def _histogram_points(
+    samples: Iterable[Sample], base: str, start: int, now: int
+) -> list[HistogramDataPoint]:
     series: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
     for s in samples:
         labels = {k: v for k, v in s.labels.items() if k != "le"}
@@ -105,15 +107,24 @@ def registry_to_metrics(registry: CollectorRegistry, start_unix_nano: int) -> li
             data = Sum(points, _CUMULATIVE, is_monotonic=True)
             name = family.name + "_total"
         elif family.type == "gauge":
-            data = Gauge([NumberDataPoint(dict(s.labels), start_unix_nano, now, s.value) for s in family.samples])
+            data = Gauge(
+                [
+                    NumberDataPoint(dict(s.labels), start_unix_nano, now, s.value)
+                    for s in family.samples
+                ]
+            )
             name = family.name
         elif family.type == "histogram":
-            data = Histogram(_histogram_points(family.samples, family.name, start_unix_nano, now), _CUMULATIVE)
+            data = Histogram(
+                _histogram_points(family.samples, family.name, start_unix_nano, now), _CUMULATIVE
+            )
             name = family.name
         else:
             continue
         if data.data_points:
-            metrics.append(Metric(name, family.documentation, "s" if name.endswith("_seconds") else "1", data))
+            metrics.append(
+                Metric(name, family.documentation, "s" if name.endswith("_seconds") else "1", data)
+            )
     return metrics
 
 
@@ -134,7 +145,9 @@ class PrometheusOTLPBridge:
         self._start = time.time_ns()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="tasklens-otlp-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="tasklens-otlp-metrics", daemon=True
+        )
         self._thread.start()
 
     def _loop(self) -> None:
@@ -146,7 +159,9 @@ class PrometheusOTLPBridge:
         with self._lock:
             try:
                 metrics = registry_to_metrics(self.registry, self._start)
-                data = MetricsData([ResourceMetrics(self.resource, [ScopeMetrics(_SCOPE, metrics, "")], "")])
+                data = MetricsData(
+                    [ResourceMetrics(self.resource, [ScopeMetrics(_SCOPE, metrics, "")], "")]
+                )
                 result = self.exporter.export(data, timeout_millis=10_000)
                 return bool(result.value == 0)
             except Exception:

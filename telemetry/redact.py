@@ -26,7 +26,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+def describe_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[str], dict[str, str]]:
     """Positional and keyword arguments as short strings; secret-looking keys are redacted
     (also inside dict arguments)."""
     positional = [_short(_clean(a)) for a in args]

@@ -14,7 +14,6 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from telemetry.exposition import metrics_registry
 from telemetry.export import (
     CountingBatchSpanProcessor,
     LogSpanExporter,
@@ -23,6 +22,7 @@ from telemetry.export import (
     otlp_protocol,
     span_exporter,
 )
+from telemetry.exposition import metrics_registry
 from telemetry.logs import configure_logging
 from telemetry.metrics import TaskMetrics
 from telemetry.otlp_metrics import PrometheusOTLPBridge
@@ -113,9 +113,13 @@ def setup(
             if traces_on:
                 exporter = span_exporter(otlp_endpoint, otlp_protocol_name)
                 provider.add_span_processor(CountingBatchSpanProcessor(exporter, task_metrics))
-                handle.exporting.append(f"traces: OTLP {otlp_protocol('traces', otlp_protocol_name)}")
+                handle.exporting.append(
+                    f"traces: OTLP {otlp_protocol('traces', otlp_protocol_name)}"
+                )
             if span_logs or (span_logs is None and not traces_on):
-                provider.add_span_processor(CountingBatchSpanProcessor(LogSpanExporter(), task_metrics))
+                provider.add_span_processor(
+                    CountingBatchSpanProcessor(LogSpanExporter(), task_metrics)
+                )
                 handle.exporting.append("traces: log lines")
             trace.set_tracer_provider(provider)
             handle.tracer_provider = provider

@@ -94,5 +94,9 @@ class SpanObserver:
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         span.set_attributes(attributes)
         blocking = task.loop_blocking
-        if self._block_threshold is not None and blocking is not None and blocking > self._block_threshold:
+        if (
+            self._block_threshold is not None
+            and blocking is not None
+            and blocking > self._block_threshold
+        ):
             span.add_event(c.LOOP_BLOCKED_EVENT, {"bgtask.step_seconds": blocking})

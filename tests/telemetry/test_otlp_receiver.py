@@ -394,6 +394,27 @@ def test_servers_stop_when_the_body_raises() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("otlp-receiver")]
 
 
+def test_close_cuts_idle_keep_alive_connections() -> None:
+    def handler_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+    with httpx.Client() as client:
+        rx = OTLPReceiver().start()
+        try:
+            response = client.post(
+                f"{rx.http_endpoint}/v1/traces",
+                content=_raw_trace_request("kept-alive"),
+                headers={"Content-Type": "application/x-protobuf"},
+            )
+            assert response.status_code == 200
+            assert handler_threads()  # the connection is still open, its thread waits
+        finally:
+            started = time.monotonic()
+            rx.close()
+        assert time.monotonic() - started < 1
+        assert handler_threads() == []
+
+
 def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:

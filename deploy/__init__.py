@@ -1,0 +1,1 @@
+"""Deployment configuration; ``deploy.local.stack`` runs Prometheus and Alertmanager locally."""

@@ -1,0 +1,1 @@
+"""Run the demo app, Prometheus and Alertmanager on loopback (see ``stack.py``)."""

@@ -1,0 +1,55 @@
+"""The ``tasklens`` command: ``tasklens demo`` runs the demo service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    os.environ["TASKLENS_DEMO_PORT"] = str(args.port)
+    os.environ["TASKLENS_DEMO_MODE"] = args.mode
+    os.environ["TASKLENS_DEMO_RATE"] = str(args.rate)
+    os.environ["TASKLENS_DEMO_FAIL_RATIO"] = str(args.fail_ratio)
+    os.environ["TASKLENS_DEMO_TRAFFIC_SECONDS"] = str(args.traffic_seconds)
+    if args.self_traffic:
+        os.environ["TASKLENS_DEMO_SELF_TRAFFIC"] = "1"
+    print(
+        f"tasklens demo on http://{args.host}:{args.port}  (metrics: /metrics, docs: /docs"
+        f"{', sending itself traffic' if args.self_traffic else ''})",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        "runtime.demo:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tasklens", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the demo service")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--self-traffic", action="store_true", help="send requests to itself")
+    demo.add_argument("--rate", type=float, default=20.0, help="self-traffic requests/s")
+    demo.add_argument("--traffic-seconds", type=float, default=3600.0, help="self-traffic bound")
+    demo.add_argument("--fail-ratio", type=float, default=0.2, help="share of failing payments")
+    demo.add_argument("--mode", choices=["inline", "detached"], default="inline")
+    demo.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

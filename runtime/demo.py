@@ -1,0 +1,177 @@
+"""The demo service: the FastAPI background-tasks tutorial, instrumented, with a traffic switch.
+
+Endpoints schedule sync and async tasks, slow ones and failing ones, through every style the
+FastAPI docs show (parameter, dependency, ``JSONResponse(background=...)``). With
+``TASKLENS_DEMO_SELF_TRAFFIC=1`` the app sends itself requests so that metrics and traces
+appear without a second terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import structlog
+from fastapi import BackgroundTasks, Depends, FastAPI
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+
+import runtime
+import telemetry
+
+log = structlog.get_logger("demo")
+stdlib_log = logging.getLogger("demo.stdlib")
+OUTBOX = Path(os.environ.get("TASKLENS_DEMO_DIR", tempfile.gettempdir())) / "tasklens-demo"
+
+
+class PaymentDeclinedError(Exception):
+    """A business failure of the demo's payment capture task."""
+
+
+# --- tasks (what users put in BackgroundTasks) -------------------------------------------
+def write_notification(email: str, message: str = "") -> None:
+    """Sync: the tutorial's notification write."""
+    OUTBOX.mkdir(parents=True, exist_ok=True)
+    with open(OUTBOX / "notifications.log", "a") as f:
+        f.write(f"notification for {email}: {message}\n")
+    stdlib_log.info("notification written")
+
+
+def write_log(message: str) -> None:
+    """Sync: the tutorial's log append, scheduled from a dependency."""
+    OUTBOX.mkdir(parents=True, exist_ok=True)
+    with open(OUTBOX / "log.txt", "a") as f:
+        f.write(message + "\n")
+
+
+async def send_email(email: str) -> None:
+    """Async and quick."""
+    await asyncio.sleep(random.uniform(0.002, 0.02))
+    log.info("email sent")
+
+
+async def generate_report(order_id: int) -> None:
+    """Async and slow."""
+    await asyncio.sleep(random.uniform(0.2, 0.8))
+    log.info("report generated", order_id=order_id)
+
+
+def resize_image(size: int) -> None:
+    """Sync and slow (CPU-ish work in the thread pool)."""
+    time.sleep(random.uniform(0.05, 0.3))
+
+
+def capture_payment(order_id: int, fail_ratio: float) -> None:
+    """Sync; fails for a share of orders."""
+    time.sleep(0.005)
+    if random.random() < fail_ratio:
+        raise PaymentDeclinedError(f"card declined for order {order_id}")
+
+
+async def sync_inventory(order_id: int, fail_ratio: float) -> None:
+    """Async; times out for a share of orders."""
+    await asyncio.sleep(0.01)
+    if random.random() < fail_ratio:
+        raise TimeoutError("inventory service did not answer")
+
+
+async def rebuild_cache() -> None:
+    """Async but blocks the event loop (a sync call inside async code): the loop-blocking
+    panel and warning name it."""
+    time.sleep(0.15)
+    await asyncio.sleep(0)
+
+
+# --- app ---------------------------------------------------------------------------------
+def get_query(background_tasks: BackgroundTasks, q: str | None = None) -> str | None:
+    """The tutorial's dependency: schedules a log write when a query is given."""
+    if q:
+        background_tasks.add_task(write_log, f"found query: {q}")
+    return q
+
+
+def create_app() -> FastAPI:
+    """Build the demo app from environment settings (used by ``tasklens demo``)."""
+    telemetry.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "tasklens-demo"))
+    fail_ratio = float(os.environ.get("TASKLENS_DEMO_FAIL_RATIO", "0.2"))
+    self_traffic = os.environ.get("TASKLENS_DEMO_SELF_TRAFFIC", "") == "1"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_self_traffic(app)) if self_traffic else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = FastAPI(title="tasklens demo", lifespan=lifespan)
+
+    @app.post("/send-notification/{email}")
+    async def send_notification(
+        email: str, background_tasks: BackgroundTasks, q: Annotated[str | None, Depends(get_query)]
+    ) -> dict[str, str]:
+        background_tasks.add_task(write_notification, email, message="some notification")
+        background_tasks.add_task(send_email, email)
+        return {"message": "Notification sent in the background"}
+
+    @app.post("/orders/{order_id}")
+    def create_order(order_id: int, background_tasks: BackgroundTasks) -> dict[str, int]:
+        background_tasks.add_task(capture_payment, order_id, fail_ratio)
+        background_tasks.add_task(sync_inventory, order_id, fail_ratio / 2)
+        background_tasks.add_task(generate_report, order_id)
+        return {"order_id": order_id}
+
+    @app.post("/images")
+    async def upload_image() -> JSONResponse:
+        tasks = BackgroundTasks()
+        tasks.add_task(resize_image, 256)
+        tasks.add_task(resize_image, 1024)
+        return JSONResponse({"status": "resizing"}, background=tasks)
+
+    @app.post("/cache/rebuild")
+    async def rebuild() -> JSONResponse:
+        response = JSONResponse({"status": "rebuilding"})
+        response.background = BackgroundTask(rebuild_cache)
+        return response
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    runtime.instrument(app, mode=os.environ.get("TASKLENS_DEMO_MODE", "inline"))
+    return app
+
+
+async def _self_traffic(app: FastAPI) -> None:
+    """Send requests to the running server (loopback) for a bounded time."""
+    port = int(os.environ.get("TASKLENS_DEMO_PORT", "8000"))
+    rate = float(os.environ.get("TASKLENS_DEMO_RATE", "20"))
+    duration = float(os.environ.get("TASKLENS_DEMO_TRAFFIC_SECONDS", "3600"))
+    await asyncio.sleep(0.5)
+    deadline = time.monotonic() + duration
+    routes = [
+        ("POST", "/send-notification/ada@example.com?q=tasks", 4),
+        ("POST", "/orders/{n}", 4),
+        ("POST", "/images", 1),
+        ("POST", "/cache/rebuild", 1),
+    ]
+    weighted = [r for r in routes for _ in range(r[2])]
+    n = 0
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        while time.monotonic() < deadline:
+            n += 1
+            method, path, _ = random.choice(weighted)
+            try:
+                await client.request(method, path.format(n=n))
+            except httpx.HTTPError as exc:
+                log.warning("self-traffic request failed", error=str(exc))
+            await asyncio.sleep(1 / rate)
+    log.info("self-traffic finished", requests=n)
