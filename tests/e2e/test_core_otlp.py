@@ -1,0 +1,174 @@
+"""Core proof on real parts: uvicorn + httpx on loopback, the real OTLP exporters, a real
+OTLP receiver (HTTP/protobuf and gRPC), and /metrics parsed with prometheus_client."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
+from tests.support.server import uvicorn_server
+
+REQUESTS = 50
+APP = "tests.e2e.apps.core_app:app"
+FAILING = {n for n in range(REQUESTS) if n % 3 == 0}  # notify() fails for these orders
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _sum(samples: dict, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (n, lab), v in samples.items()
+        if n == name and all(dict(lab).get(k) == val for k, val in labels.items())
+    )
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol: str) -> None:
+    with OTLPReceiver() as rx:
+        endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        }
+        with uvicorn_server(APP, tmp_path / "server.log", env) as server:
+            parents: dict[str, str] = {}
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                for order in range(REQUESTS):
+                    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+                    parents[trace_id] = parent_id
+                    response = client.post(
+                        f"/orders/{order}",
+                        headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+                    )
+                    assert response.status_code == 200
+                # Every non-failing task ran; the last response's tasks may still be running.
+                expected_effects = REQUESTS + (REQUESTS - len(FAILING))
+                deadline = time.monotonic() + 10
+                while client.get("/side-effects").json()["count"] < expected_effects:
+                    assert time.monotonic() < deadline, "tasks did not all run"
+                    time.sleep(0.05)
+                assert client.get("/side-effects").json() == {"count": expected_effects}
+                metrics_text = client.get("/metrics").text
+                openmetrics = client.get(
+                    "/metrics", headers={"Accept": "application/openmetrics-text"}
+                ).text
+
+            def task_spans(r: OTLPReceiver) -> list[ReceivedSpan]:
+                spans = [s for s in r.spans() if s.name.startswith("bgtask ")]
+                return spans if len(spans) >= 2 * REQUESTS else []
+
+            spans = rx.wait_for(task_spans, timeout=20)
+            all_spans = rx.spans()
+            finished_points = rx.wait_for(
+                lambda r: (
+                    [
+                        p
+                        for p in r.metrics()
+                        if p.name == "bgtask_finished_total"
+                        and p.attributes.get("outcome") in ("success", "failure")
+                        and p.value
+                    ]
+                    if sum(p.value or 0 for p in r.metrics() if p.name == "bgtask_finished_total")
+                    >= 2 * REQUESTS
+                    else []
+                ),
+                timeout=20,
+            )
+        log = server.log()
+
+    # --- traces: each request's two task spans sit under its server span, in its trace.
+    assert len(spans) == 2 * REQUESTS
+    assert {s.transport for s in spans} == {"grpc" if protocol == "grpc" else "http"}
+    servers = {
+        s.trace_id: s
+        for s in all_spans
+        if s.kind == 2 and s.attributes.get("url.path", "").startswith("/orders/")
+    }
+    assert set(servers) == set(parents)
+    for trace_id, server_span in servers.items():
+        assert server_span.parent_span_id == parents[trace_id]  # the incoming traceparent
+        mine = sorted(
+            (s for s in spans if s.trace_id == trace_id), key=lambda s: s.attributes["bgtask.index"]
+        )
+        assert [s.name for s in mine] == [
+            "bgtask tests.e2e.apps.core_app.charge",
+            "bgtask tests.e2e.apps.core_app.notify",
+        ]
+        assert all(s.parent_span_id == server_span.span_id for s in mine)
+        assert all(s.kind == 1 for s in mine)  # INTERNAL
+        charge, notify = mine
+        assert charge.attributes["bgtask.executor"] == "thread_pool"
+        assert notify.attributes["bgtask.executor"] == "event_loop"
+        assert charge.attributes["bgtask.batch_size"] == 2
+        assert charge.attributes["code.function"] == "charge"
+        assert charge.attributes["code.namespace"] == "tests.e2e.apps.core_app"
+        assert "bgtask.threadpool_wait_seconds" in charge.attributes
+        assert "bgtask.threadpool_wait_seconds" not in notify.attributes
+        order = int(server_span.attributes["url.path"].rsplit("/", 1)[1])
+        if order in FAILING:
+            assert notify.attributes["bgtask.outcome"] == "failure"
+            assert notify.attributes["error.type"] == "tests.e2e.apps.core_app.InventoryError"
+            assert notify.status_code == 2  # ERROR
+            assert [e[0] for e in notify.events] == ["exception"]
+        else:
+            assert notify.attributes["bgtask.outcome"] == "success"
+        enqueued = [e for e in server_span.events if e[0] == "bgtask.enqueued"]
+        assert [e[1]["bgtask.name"] for e in enqueued] == [
+            "tests.e2e.apps.core_app.charge",
+            "tests.e2e.apps.core_app.notify",
+        ]
+
+    # --- /metrics, parsed with prometheus_client.
+    samples = _samples(metrics_text)
+    assert _sum(samples, "bgtask_enqueued_total") == 2 * REQUESTS
+    assert _sum(samples, "bgtask_finished_total") == 2 * REQUESTS
+    assert _sum(samples, "bgtask_finished_total", outcome="failure") == len(FAILING)
+    assert _sum(samples, "bgtask_finished_total", outcome="success") == 2 * REQUESTS - len(FAILING)
+    assert _sum(
+        samples,
+        "bgtask_failures_total",
+        task="tests.e2e.apps.core_app.notify",
+        exception="tests.e2e.apps.core_app.InventoryError",
+    ) == len(FAILING)
+    assert _sum(samples, "bgtask_duration_seconds_count") == 2 * REQUESTS
+    assert _sum(samples, "bgtask_queue_seconds_count", executor="thread_pool") == REQUESTS
+    assert _sum(samples, "bgtask_threadpool_wait_seconds_count") == REQUESTS
+    assert _sum(samples, "bgtask_pending") == 0
+    assert _sum(samples, "bgtask_in_progress") == 0
+    # Exemplars (trace ids of sampled task spans) with OpenMetrics negotiation.
+    exemplar_traces = _exemplar_trace_ids(openmetrics)
+    assert exemplar_traces and exemplar_traces <= set(parents)
+
+    # --- OTLP metrics: the same counters, exported by the same recording path.
+    otlp_total = sum(p.value or 0 for p in finished_points)
+    assert otlp_total == 2 * REQUESTS
+    # A task failure is logged once, with the task and trace fields, not as an ASGI error.
+    assert log.count('"event": "background task failed"') == len(FAILING)
+    assert "Exception in ASGI application" not in log
+
+
+def _exemplar_trace_ids(openmetrics: str) -> set[str]:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    return {
+        s.exemplar.labels["trace_id"]
+        for family in om_parse(openmetrics)
+        if family.name == "bgtask_duration_seconds"
+        for s in family.samples
+        if s.exemplar is not None
+    }
