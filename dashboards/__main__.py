@@ -15,25 +15,53 @@ def parse_params(argv: Sequence[str] | None = None) -> tuple[Params, Path, bool]
     """Command-line options -> (parameters, output root, check-only)."""
     defaults = Params()
     parser = argparse.ArgumentParser(prog="python -m dashboards", description=__doc__)
-    parser.add_argument("--slo", type=float, default=defaults.slo,
-                        help="task success SLO, e.g. 0.995 (default %(default)s)")
-    parser.add_argument("--job", default=defaults.job, help="Prometheus job label (default %(default)s)")
-    parser.add_argument("--failure-ratio", type=float, default=defaults.failure_ratio,
-                        help="BgTaskFailureRatioHigh threshold (default %(default)s)")
-    parser.add_argument("--failure-min-rate", type=float, default=defaults.failure_min_rate,
-                        help="tasks/s a task must finish for failure alerts to fire (default %(default)s)")
-    parser.add_argument("--failure-window", default=defaults.failure_window,
-                        help="rate window of BgTaskFailureRatioHigh (default %(default)s)")
-    parser.add_argument("--failure-for", default=defaults.failure_for,
-                        help="'for' of BgTaskFailureRatioHigh (default %(default)s)")
-    parser.add_argument("--runbook-base-url", default=defaults.runbook_base_url,
-                        help="prefix of runbook_url annotations (default %(default)s)")
-    parser.add_argument("--grafana-url", default=defaults.grafana_url,
-                        help="prefix of dashboard_url annotations (default: a Grafana path)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT,
-                        help="root to write under (default: the repository)")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if a generated file is stale")
+    parser.add_argument(
+        "--slo",
+        type=float,
+        default=defaults.slo,
+        help="task success SLO, e.g. 0.995 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--job", default=defaults.job, help="Prometheus job label (default %(default)s)"
+    )
+    parser.add_argument(
+        "--failure-ratio",
+        type=float,
+        default=defaults.failure_ratio,
+        help="BgTaskFailureRatioHigh threshold (default %(default)s)",
+    )
+    parser.add_argument(
+        "--failure-min-rate",
+        type=float,
+        default=defaults.failure_min_rate,
+        help="tasks/s a task must finish for failure alerts to fire (default %(default)s)",
+    )
+    parser.add_argument(
+        "--failure-window",
+        default=defaults.failure_window,
+        help="rate window of BgTaskFailureRatioHigh (default %(default)s)",
+    )
+    parser.add_argument(
+        "--failure-for",
+        default=defaults.failure_for,
+        help="'for' of BgTaskFailureRatioHigh (default %(default)s)",
+    )
+    parser.add_argument(
+        "--runbook-base-url",
+        default=defaults.runbook_base_url,
+        help="prefix of runbook_url annotations (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grafana-url",
+        default=defaults.grafana_url,
+        help="prefix of dashboard_url annotations (default: a Grafana path)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT, help="root to write under (default: the repository)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a generated file is stale"
+    )
     args = parser.parse_args(argv)
     params = Params(
         slo=args.slo,

@@ -160,7 +160,8 @@ def threadpool_saturated(p: Params) -> Alert:
 
     return Alert(
         "BgTaskThreadPoolSaturated",
-        f"{tokens('borrowed')}\n/ ignoring (state)\n{tokens('total')}\n>= {_num(p.threadpool_saturation)}",
+        f"{tokens('borrowed')}\n/ ignoring (state)\n{tokens('total')}\n"
+        f">= {_num(p.threadpool_saturation)}",
         p.threadpool_for,
         WARNING,
         "Background-task thread pool of {{ $labels.instance }} is saturated",
@@ -189,7 +190,7 @@ def pending_growing(p: Params) -> Alert:
 
 def target_down(p: Params) -> Alert:
     """Prometheus cannot scrape the application (or finds no target at all)."""
-    up = f'up{{{promql.eq("job", p.job)}}}'
+    up = f"up{{{promql.eq('job', p.job)}}}"
     return Alert(
         "BgTaskTargetDown",
         f"{up} == 0\nor\nabsent({up})",
@@ -197,7 +198,8 @@ def target_down(p: Params) -> Alert:
         CRITICAL,
         "tasklens metrics of job {{ $labels.job }} are not scraped",
         "Prometheus cannot scrape {{ with $labels.instance }}{{ . }}{{ else }}any target{{ end }} "
-        "of job {{ $labels.job }}: background-task metrics and every other tasklens alert are blind.",
+        "of job {{ $labels.job }}: background-task metrics and every other tasklens alert "
+        "are blind.",
         ("job",),
     )
 

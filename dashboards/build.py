@@ -44,5 +44,6 @@ def stale(files: dict[str, str], root: Path) -> list[str]:
     return [
         relative
         for relative, content in files.items()
-        if not (root / relative).is_file() or (root / relative).read_text(encoding="utf-8") != content
+        if not (root / relative).is_file()
+        or (root / relative).read_text(encoding="utf-8") != content
     ]

@@ -17,8 +17,15 @@ Row = tuple[str, Sequence[PanelBuilder]]
 TAGS = ["tasklens", "background-tasks"]
 
 
-def assemble(title: str, uid: str, description: str, rows: Sequence[Row], *,
-             multi_task: bool, links: Sequence[dashboard_b.DashboardLink] = ()) -> dashboard_m.Dashboard:
+def assemble(
+    title: str,
+    uid: str,
+    description: str,
+    rows: Sequence[Row],
+    *,
+    multi_task: bool,
+    links: Sequence[dashboard_b.DashboardLink] = (),
+) -> dashboard_m.Dashboard:
     """A dashboard with the four variables and ``rows`` of panels, panel ids numbered from 1."""
     board = (
         dashboard_b.Dashboard(title)

@@ -29,8 +29,9 @@ class Query:
     exemplar: bool = False
 
 
-def _targets(queries: Sequence[Query], fmt: prometheus_m.PromQueryFormat | None = None,
-             instant: bool = False) -> list[prometheus_b.Dataquery]:
+def _targets(
+    queries: Sequence[Query], fmt: prometheus_m.PromQueryFormat | None = None, instant: bool = False
+) -> list[prometheus_b.Dataquery]:
     targets = []
     for index, query in enumerate(queries):
         target = (

@@ -39,7 +39,9 @@ def sum_by(labels: Sequence[str], expr: str) -> str:
     return f"sum by ({', '.join(labels)}) ({expr})" if labels else f"sum({expr})"
 
 
-def quantile(q: float, spec: MetricSpec, matchers: Sequence[str], by: Sequence[str], window: str) -> str:
+def quantile(
+    q: float, spec: MetricSpec, matchers: Sequence[str], by: Sequence[str], window: str
+) -> str:
     """The ``q`` quantile of histogram ``spec``, aggregated by ``by``."""
     buckets = rate(bucket(spec, *matchers), window)
     return f"histogram_quantile({q:g}, {sum_by([*by, 'le'], buckets)})"

@@ -21,7 +21,9 @@ def _trace_to_metric_queries() -> list[dict[str, str]]:
         buckets = promql.rate(promql.bucket(spec, _TAGS), "5m")
         return f"histogram_quantile(0.95, {promql.sum_by(('le',), buckets)})"
 
-    finished = promql.sum_by(("outcome",), promql.rate(promql.series(contract.FINISHED, _TAGS), "5m"))
+    finished = promql.sum_by(
+        ("outcome",), promql.rate(promql.series(contract.FINISHED, _TAGS), "5m")
+    )
     return [
         {"name": "Task duration p95", "query": quantile(contract.DURATION_SECONDS)},
         {"name": "Task queue time p95", "query": quantile(contract.QUEUE_SECONDS)},

@@ -37,7 +37,9 @@ def load(relative: str) -> dict[str, Any]:
 
 def generated_dashboards(root: Path = REPO_ROOT) -> dict[str, dict[str, Any]]:
     """uid -> dashboard JSON of every generated dashboard under ``root``."""
-    boards = [json.loads((root / path).read_text(encoding="utf-8")) for path in (OVERVIEW_JSON, TASK_JSON)]
+    boards = [
+        json.loads((root / path).read_text(encoding="utf-8")) for path in (OVERVIEW_JSON, TASK_JSON)
+    ]
     return {board["uid"]: board for board in boards}
 
 

@@ -52,7 +52,10 @@ def rules(params: Params) -> list[Rule]:
         recorded += [
             {"record": finished_rate(window), "expr": finished_rate_expr(params, window)},
             {"record": failed_rate(window), "expr": failed_rate_expr(params, window)},
-            {"record": failure_ratio(window), "expr": f"{failed_rate(window)}\n/\n{finished_rate(window)}"},
+            {
+                "record": failure_ratio(window),
+                "expr": f"{failed_rate(window)}\n/\n{finished_rate(window)}",
+            },
             {
                 "record": burn_rate(window),
                 "expr": f"{failure_ratio(window)} / {params.error_budget:g}",

@@ -31,7 +31,10 @@ def groups(params: Params) -> list[dict[str, Any]]:
     """The rule groups: recording rules first (alerts read them), then the alerts."""
     return [
         {"name": "tasklens.recording", "rules": recording.rules(params)},
-        {"name": "tasklens.alerts", "rules": [alert.rule(params) for alert in alerts.alerts(params)]},
+        {
+            "name": "tasklens.alerts",
+            "rules": [alert.rule(params) for alert in alerts.alerts(params)],
+        },
     ]
 
 

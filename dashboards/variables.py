@@ -55,6 +55,8 @@ def task(*, multi: bool) -> dashboard_b.QueryVariable:
     return _query_variable("task", "Task", query, multi=multi)
 
 
-def all_variables(*, multi_task: bool) -> list[dashboard_b.DatasourceVariable | dashboard_b.QueryVariable]:
+def all_variables(
+    *, multi_task: bool
+) -> list[dashboard_b.DatasourceVariable | dashboard_b.QueryVariable]:
     """The four variables, in display order."""
     return [datasource(), job(), instance(), task(multi=multi_task)]

@@ -35,17 +35,22 @@ def _legend(labels: Sequence[str], suffix: str = "") -> str:
 
 
 def _finished_rate(by: Sequence[str], *extra: str) -> str:
-    return promql.sum_by(by, promql.rate(promql.series(contract.FINISHED, *TASK_SCOPE, *extra), WINDOW))
+    return promql.sum_by(
+        by, promql.rate(promql.series(contract.FINISHED, *TASK_SCOPE, *extra), WINDOW)
+    )
 
 
 def _failure_ratio(by: Sequence[str]) -> str:
     return f"{_finished_rate(by, FAILURE)}\n/\n{_finished_rate(by)}"
 
 
-def _quantile_queries(spec: contract.MetricSpec, matchers: Sequence[str],
-                      by: Sequence[str] = ()) -> list[Query]:
+def _quantile_queries(
+    spec: contract.MetricSpec, matchers: Sequence[str], by: Sequence[str] = ()
+) -> list[Query]:
     return [
-        Query(promql.quantile(q, spec, matchers, by, WINDOW), _legend(by, f"p{round(q * 100)}"), True)
+        Query(
+            promql.quantile(q, spec, matchers, by, WINDOW), _legend(by, f"p{round(q * 100)}"), True
+        )
         for q in QUANTILES
     ]
 
@@ -75,7 +80,8 @@ def enqueued_per_second_stat() -> PanelBuilder:
 def failure_ratio_stat(threshold: float) -> PanelBuilder:
     return stat_panel(
         "Failure ratio",
-        "What fraction of finished tasks failed (raised an exception)? Red from the alert threshold.",
+        "What fraction of finished tasks failed (raised an exception)? "
+        "Red from the alert threshold.",
         Query(_failure_ratio(())),
         "percentunit",
         warn=threshold,
@@ -102,7 +108,9 @@ def in_progress_stat() -> PanelBuilder:
 
 def threadpool_usage_stat(threshold: float) -> PanelBuilder:
     def tokens(state: str) -> str:
-        return promql.sum_by((), promql.series(contract.THREADPOOL_TOKENS, *SCOPE, promql.eq("state", state)))
+        return promql.sum_by(
+            (), promql.series(contract.THREADPOOL_TOKENS, *SCOPE, promql.eq("state", state))
+        )
 
     return stat_panel(
         "Thread-pool tokens in use",
@@ -195,14 +203,21 @@ def duration_p95_by(label: str) -> PanelBuilder:
     return timeseries_panel(
         f"Duration p95 by {label}",
         f"Which {label} is slow? 95th percentile run time per {label}.",
-        [Query(promql.quantile(0.95, contract.DURATION_SECONDS, TASK_SCOPE, (label,), WINDOW),
-               _legend((label,)), True)],
+        [
+            Query(
+                promql.quantile(0.95, contract.DURATION_SECONDS, TASK_SCOPE, (label,), WINDOW),
+                _legend((label,)),
+                True,
+            )
+        ],
         "s",
     )
 
 
 def duration_heatmap() -> PanelBuilder:
-    expr = promql.sum_by(("le",), promql.rate(promql.bucket(contract.DURATION_SECONDS, *TASK_SCOPE), WINDOW))
+    expr = promql.sum_by(
+        ("le",), promql.rate(promql.bucket(contract.DURATION_SECONDS, *TASK_SCOPE), WINDOW)
+    )
     return heatmap_panel(
         "Duration heatmap",
         "How are run times distributed, and is there more than one mode (e.g. cache hit vs miss)?",
@@ -227,13 +242,21 @@ def queue_p95_by_task() -> PanelBuilder:
     return timeseries_panel(
         "Queue time p95 by task",
         "Which tasks wait longest before they start?",
-        [Query(promql.quantile(0.95, contract.QUEUE_SECONDS, TASK_SCOPE, by, WINDOW), _legend(by), True)],
+        [
+            Query(
+                promql.quantile(0.95, contract.QUEUE_SECONDS, TASK_SCOPE, by, WINDOW),
+                _legend(by),
+                True,
+            )
+        ],
         "s",
     )
 
 
 def queue_heatmap() -> PanelBuilder:
-    expr = promql.sum_by(("le",), promql.rate(promql.bucket(contract.QUEUE_SECONDS, *TASK_SCOPE), WINDOW))
+    expr = promql.sum_by(
+        ("le",), promql.rate(promql.bucket(contract.QUEUE_SECONDS, *TASK_SCOPE), WINDOW)
+    )
     return heatmap_panel(
         "Queue time heatmap",
         "How is queue time distributed over time: do all tasks wait a little, or some a lot?",
@@ -302,8 +325,10 @@ def loop_blocking(by: Sequence[str]) -> PanelBuilder:
 def event_loop_lag() -> PanelBuilder:
     by = ("instance",)
     queries = [
-        Query(promql.quantile(q, contract.EVENT_LOOP_LAG_SECONDS, SCOPE, by, WINDOW),
-              _legend(by, f"p{round(q * 100)}"))
+        Query(
+            promql.quantile(q, contract.EVENT_LOOP_LAG_SECONDS, SCOPE, by, WINDOW),
+            _legend(by, f"p{round(q * 100)}"),
+        )
         for q in (0.5, 0.99)
     ]
     return timeseries_panel(

@@ -120,8 +120,9 @@ def stop_all(processes: Sequence[Process], timeout: float = 10.0) -> None:
         stop_process(process, timeout)
 
 
-def prometheus_argv(binary: str, config: Path, *, port: int, data_dir: Path,
-                    extra: Sequence[str] = ()) -> list[str]:
+def prometheus_argv(
+    binary: str, config: Path, *, port: int, data_dir: Path, extra: Sequence[str] = ()
+) -> list[str]:
     """Prometheus on loopback with exemplar storage, lifecycle API and its own TSDB."""
     return [
         binary,

@@ -22,13 +22,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``deploy`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from deploy.local.configs import (  # noqa: E402
+from deploy.local.configs import (
     DEFAULT_RULES,
     REPO_ROOT,
     render_alertmanager_config,
     render_prometheus_config,
 )
-from deploy.local.processes import (  # noqa: E402
+from deploy.local.processes import (
     LOOPBACK,
     Process,
     alertmanager_argv,
@@ -39,7 +39,7 @@ from deploy.local.processes import (  # noqa: E402
     stop_all,
     wait_until_ready,
 )
-from deploy.local.webhook import WebhookReceiver  # noqa: E402
+from deploy.local.webhook import WebhookReceiver
 
 __all__ = [
     "DEFAULT_APP_COMMAND",
@@ -63,15 +63,26 @@ DEFAULT_STATE_DIR = REPO_ROOT / ".stack"
 #: ``{host}`` and ``{port}`` are filled in; any command serving ``/metrics`` will do.
 DEFAULT_APP_COMMAND = (
     str(REPO_ROOT / ".venv" / "bin" / "tasklens"),
-    "demo", "--host", "{host}", "--port", "{port}", "--self-traffic",
+    "demo",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--self-traffic",
 )
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
 
 
-def start_app(command: Sequence[str], *, port: int, log_path: Path,
-              env: Mapping[str, str] | None = None, ready_path: str = "/metrics",
-              timeout: float = 60.0) -> Process:
+def start_app(
+    command: Sequence[str],
+    *,
+    port: int,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    ready_path: str = "/metrics",
+    timeout: float = 60.0,
+) -> Process:
     """Start the application (``{host}``/``{port}`` filled in) and wait for ``ready_path``."""
     argv = [part.format(host=LOOPBACK, port=port) for part in command]
     url = f"http://{LOOPBACK}:{port}"
@@ -80,23 +91,43 @@ def start_app(command: Sequence[str], *, port: int, log_path: Path,
     return process
 
 
-def start_prometheus(config: Path, *, port: int, data_dir: Path, log_path: Path,
-                     binary: str | None = None, extra_args: Sequence[str] = (),
-                     timeout: float = 60.0) -> Process:
+def start_prometheus(
+    config: Path,
+    *,
+    port: int,
+    data_dir: Path,
+    log_path: Path,
+    binary: str | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 60.0,
+) -> Process:
     """Start Prometheus on loopback and wait for ``/-/ready``."""
-    argv = prometheus_argv(binary or find_binary(*PROMETHEUS_BINARIES), config,
-                           port=port, data_dir=data_dir, extra=extra_args)
+    argv = prometheus_argv(
+        binary or find_binary(*PROMETHEUS_BINARIES),
+        config,
+        port=port,
+        data_dir=data_dir,
+        extra=extra_args,
+    )
     url = f"http://{LOOPBACK}:{port}"
     process = start_process("prometheus", argv, log_path=log_path, url=url)
     wait_until_ready(url + "/-/ready", timeout=timeout, process=process)
     return process
 
 
-def start_alertmanager(config: Path, *, port: int, data_dir: Path, log_path: Path,
-                       binary: str | None = None, timeout: float = 60.0) -> Process:
+def start_alertmanager(
+    config: Path,
+    *,
+    port: int,
+    data_dir: Path,
+    log_path: Path,
+    binary: str | None = None,
+    timeout: float = 60.0,
+) -> Process:
     """Start Alertmanager on loopback (no clustering) and wait for ``/-/ready``."""
-    argv = alertmanager_argv(binary or find_binary(*ALERTMANAGER_BINARIES), config,
-                             port=port, data_dir=data_dir)
+    argv = alertmanager_argv(
+        binary or find_binary(*ALERTMANAGER_BINARIES), config, port=port, data_dir=data_dir
+    )
     url = f"http://{LOOPBACK}:{port}"
     process = start_process("alertmanager", argv, log_path=log_path, url=url)
     wait_until_ready(url + "/-/ready", timeout=timeout, process=process)
@@ -161,9 +192,16 @@ def start_stack(options: StackOptions | None = None) -> Stack:
     try:
         if options.app_command is not None:
             app_port = free_port()
-            processes.append(start_app(options.app_command, port=app_port, log_path=state / "app.log",
-                                       env=options.app_env, ready_path=options.app_ready_path,
-                                       timeout=options.ready_timeout))
+            processes.append(
+                start_app(
+                    options.app_command,
+                    port=app_port,
+                    log_path=state / "app.log",
+                    env=options.app_env,
+                    ready_path=options.app_ready_path,
+                    timeout=options.ready_timeout,
+                )
+            )
             app_target = f"{LOOPBACK}:{app_port}"
         elif options.app_target:
             app_target = options.app_target
@@ -172,25 +210,42 @@ def start_stack(options: StackOptions | None = None) -> Stack:
 
         am_port = free_port()
         am_config = state / "alertmanager.yml"
-        am_config.write_text(render_alertmanager_config(webhook_url=options.webhook_url,
-                                                        group_wait=options.group_wait))
-        processes.append(start_alertmanager(am_config, port=am_port, data_dir=state / "alertmanager-data",
-                                            log_path=state / "alertmanager.log",
-                                            timeout=options.ready_timeout))
+        am_config.write_text(
+            render_alertmanager_config(
+                webhook_url=options.webhook_url, group_wait=options.group_wait
+            )
+        )
+        processes.append(
+            start_alertmanager(
+                am_config,
+                port=am_port,
+                data_dir=state / "alertmanager-data",
+                log_path=state / "alertmanager.log",
+                timeout=options.ready_timeout,
+            )
+        )
 
         prom_port = free_port()
         prom_config = state / "prometheus.yml"
-        prom_config.write_text(render_prometheus_config(
-            app_target=app_target,
-            alertmanager=f"{LOOPBACK}:{am_port}",
-            rules=[Path(rule).resolve() for rule in options.rules],
-            job=options.job,
-            scrape_interval=options.scrape_interval,
-            evaluation_interval=options.evaluation_interval,
-        ))
-        processes.append(start_prometheus(prom_config, port=prom_port, data_dir=state / "prometheus-data",
-                                          log_path=state / "prometheus.log",
-                                          timeout=options.ready_timeout))
+        prom_config.write_text(
+            render_prometheus_config(
+                app_target=app_target,
+                alertmanager=f"{LOOPBACK}:{am_port}",
+                rules=[Path(rule).resolve() for rule in options.rules],
+                job=options.job,
+                scrape_interval=options.scrape_interval,
+                evaluation_interval=options.evaluation_interval,
+            )
+        )
+        processes.append(
+            start_prometheus(
+                prom_config,
+                port=prom_port,
+                data_dir=state / "prometheus-data",
+                log_path=state / "prometheus.log",
+                timeout=options.ready_timeout,
+            )
+        )
     except BaseException:
         stop_all(processes)
         raise
@@ -198,16 +253,26 @@ def start_stack(options: StackOptions | None = None) -> Stack:
 
 
 def _parse(argv: Sequence[str] | None) -> StackOptions:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local.stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local.stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    parser.add_argument("--app-command", default=shlex.join(DEFAULT_APP_COMMAND),
-                        help="command starting the app; {host} and {port} are filled in")
+    parser.add_argument(
+        "--app-command",
+        default=shlex.join(DEFAULT_APP_COMMAND),
+        help="command starting the app; {host} and {port} are filled in",
+    )
     parser.add_argument("--app-target", help="scrape this host:port instead of starting an app")
     parser.add_argument("--scrape-interval", default="5s")
     parser.add_argument("--evaluation-interval", default="5s")
-    parser.add_argument("--rules", type=Path, action="append",
-                        help="rules file (repeatable; default: the generated tasklens rules)")
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        action="append",
+        help="rules file (repeatable; default: the generated tasklens rules)",
+    )
     args = parser.parse_args(argv)
     return StackOptions(
         state_dir=args.state_dir,

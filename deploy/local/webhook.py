@@ -22,13 +22,13 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver._record(json.loads(body or b"{}"))
                 self.send_response(200)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 """Quiet: notifications are printed by the receiver when ``echo`` is on."""
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -46,16 +46,20 @@ class WebhookReceiver:
         if self._echo:
             for alert in payload.get("alerts", []):
                 labels = alert.get("labels", {})
-                print(f"[alertmanager] {alert.get('status')}: {labels.get('alertname')} {labels}",
-                      flush=True)
+                print(
+                    f"[alertmanager] {alert.get('status')}: {labels.get('alertname')} {labels}",
+                    flush=True,
+                )
 
     def alerts(self) -> list[dict[str, Any]]:
         """Every alert of every notification received so far."""
         with self._lock:
             return [alert for payload in self.notifications for alert in payload.get("alerts", [])]
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-        """The first received alert matching ``predicate``; :class:`TimeoutError` after ``timeout``."""
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        """The first alert received that matches ``predicate``; TimeoutError after ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for alert in self.alerts():

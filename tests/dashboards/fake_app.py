@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from telemetry import contract  # noqa: E402
+from telemetry import contract
 
 TASKS = (
     ("demo.tasks.send_email", contract.EXECUTOR_EVENT_LOOP),
@@ -35,8 +35,13 @@ def build(registry: CollectorRegistry) -> dict[str, Counter | Gauge | Histogram]
         elif spec.type == "gauge":
             metrics[spec.name] = Gauge(spec.name, spec.help, spec.labels, registry=registry)
         else:
-            metrics[spec.name] = Histogram(spec.name, spec.help, spec.labels,
-                                           buckets=contract.DURATION_BUCKETS, registry=registry)
+            metrics[spec.name] = Histogram(
+                spec.name,
+                spec.help,
+                spec.labels,
+                buckets=contract.DURATION_BUCKETS,
+                registry=registry,
+            )
     return metrics
 
 
@@ -50,14 +55,21 @@ def run_once(m: dict[str, Counter | Gauge | Histogram], index: int) -> None:
         m[contract.FINISHED.name].labels(task, executor, outcome).inc()
         if failed:
             m[contract.FAILURES.name].labels(task, "ValueError").inc()
-        m[contract.QUEUE_SECONDS.name].labels(task, executor).observe(random.uniform(0, 0.05), exemplar)
+        m[contract.QUEUE_SECONDS.name].labels(task, executor).observe(
+            random.uniform(0, 0.05), exemplar
+        )
         m[contract.DURATION_SECONDS.name].labels(task, executor, outcome).observe(
-            random.uniform(0.01, 0.5), exemplar)
+            random.uniform(0.01, 0.5), exemplar
+        )
         m[contract.IN_PROGRESS.name].labels(task, executor).set(index % 3)
         if executor == contract.EXECUTOR_THREAD_POOL:
-            m[contract.THREADPOOL_WAIT_SECONDS.name].labels(task).observe(random.uniform(0, 0.01), exemplar)
+            m[contract.THREADPOOL_WAIT_SECONDS.name].labels(task).observe(
+                random.uniform(0, 0.01), exemplar
+            )
         else:
-            m[contract.LOOP_BLOCKING_SECONDS.name].labels(task).observe(random.uniform(0, 0.002), exemplar)
+            m[contract.LOOP_BLOCKING_SECONDS.name].labels(task).observe(
+                random.uniform(0, 0.002), exemplar
+            )
     m[contract.PENDING.name].set(index % 5)
     m[contract.THREADPOOL_TOKENS.name].labels("borrowed").set(index % 4)
     m[contract.THREADPOOL_TOKENS.name].labels("total").set(40)

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, assert_ok, run
 
 from dashboards import build, queries
 from dashboards.params import Params
 from telemetry import contract
+from tests.dashboards.tools import REPO_ROOT, assert_ok, run
 
 DASHBOARDS = {"tasklens-overview": build.OVERVIEW_JSON, "tasklens-task": build.TASK_JSON}
 METRIC_TOKEN = re.compile(r"(?<![\w:])bgtask_\w+")
@@ -27,7 +27,9 @@ def contract_sample_names() -> set[str]:
         if spec.type == "counter":
             names |= {spec.sample_name, f"{spec.name}_created"}
         elif spec.type == "histogram":
-            names |= {f"{spec.name}{suffix}" for suffix in ("_bucket", "_sum", "_count", "_created")}
+            names |= {
+                f"{spec.name}{suffix}" for suffix in ("_bucket", "_sum", "_count", "_created")
+            }
         else:
             names.add(spec.name)
     return names
@@ -113,7 +115,9 @@ def test_queries_only_use_contract_metrics(dashboard: dict[str, Any]) -> None:
     used = set()
     for title, expr in queries.panel_queries(dashboard):
         for name in METRIC_TOKEN.findall(expr):
-            assert name in known, f"{title!r} queries {name}, which telemetry.contract does not define"
+            assert name in known, (
+                f"{title!r} queries {name}, which telemetry.contract does not define"
+            )
             used.add(name)
     assert used, "no bgtask_ metric found in any query"
 
@@ -151,8 +155,11 @@ def test_task_filter_on_every_task_labelled_metric(dashboard: dict[str, Any]) ->
 
 
 def test_exemplars_on_duration_and_queue_panels(dashboard: dict[str, Any]) -> None:
-    latency = (contract.DURATION_SECONDS.name, contract.QUEUE_SECONDS.name,
-               contract.THREADPOOL_WAIT_SECONDS.name)
+    latency = (
+        contract.DURATION_SECONDS.name,
+        contract.QUEUE_SECONDS.name,
+        contract.THREADPOOL_WAIT_SECONDS.name,
+    )
     seen = 0
     for panel in panels(dashboard):
         for target in panel["targets"]:
@@ -208,13 +215,18 @@ def test_panel_queries_are_valid_promql(tmp_path: Path, promtool: str) -> None:
 def test_substitute_all_syntaxes() -> None:
     expr = 'x{a=~"$job", b=~"${instance}", c=~"${task:regex}", d="[[job]]"}[$__rate_interval]'
     values = {"job": "tasklens", "instance": "h:1", "task": "t"}
-    assert queries.substitute_variables(expr, values) == 'x{a=~"tasklens", b=~"h:1", c=~"t", d="tasklens"}[1m]'
+    assert (
+        queries.substitute_variables(expr, values)
+        == 'x{a=~"tasklens", b=~"h:1", c=~"t", d="tasklens"}[1m]'
+    )
 
 
 def test_substitute_multi_value_and_all() -> None:
     expr = 'x{task=~"$task", instance=~"$instance"}[$__rate_interval]'
     values = {"task": ["a.b", "c"], "instance": queries.ALL, "__rate_interval": "2m"}
-    assert queries.substitute_variables(expr, values) == 'x{task=~"(a\\\\.b|c)", instance=~".*"}[2m]'
+    assert (
+        queries.substitute_variables(expr, values) == 'x{task=~"(a\\\\.b|c)", instance=~".*"}[2m]'
+    )
     assert queries.substitute_variables("$v", {"v": ["a.b"]}) == "a\\\\.b"
     assert queries.substitute_variables("$v", {"v": []}) == ".*"
 
@@ -234,4 +246,7 @@ def test_panel_queries_lists_every_target() -> None:
     pairs = queries.panel_queries(board)
     targets = sum(len(p["targets"]) for p in queries.iter_panels(board))
     assert len(pairs) == targets
-    assert ("Enqueued vs finished", pairs[[t for t, _ in pairs].index("Enqueued vs finished")][1]) in pairs
+    assert (
+        "Enqueued vs finished",
+        pairs[[t for t, _ in pairs].index("Enqueued vs finished")][1],
+    ) in pairs
