@@ -78,11 +78,23 @@ def _tasks_endpoint(func: Callable[[], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
+#: Tasks run by the end-to-end endpoint (checked against requests served).
+RAN = {"async": 0, "sync": 0}
+
+
+async def counted_async() -> None:
+    RAN["async"] += 1
+
+
+def counted_sync() -> None:
+    RAN["sync"] += 1
+
+
 async def _mixed(request: Request) -> Response:
     """The end-to-end endpoint: one async and one sync task."""
     tasks = BackgroundTasks()
-    tasks.add_task(noop_async)
-    tasks.add_task(noop_sync)
+    tasks.add_task(counted_async)
+    tasks.add_task(counted_sync)
     return Response(b"ok", media_type="text/plain", background=tasks)
 
 
@@ -158,7 +170,8 @@ async def _send(message: Any) -> None:
     return None
 
 
-def _scope(path: str, state: dict[str, Any]) -> dict[str, Any]:
+def _scope(target: str, state: dict[str, Any]) -> dict[str, Any]:
+    path, _, query = target.partition("?")
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -167,7 +180,7 @@ def _scope(path: str, state: dict[str, Any]) -> dict[str, Any]:
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": [(b"host", b"bench")],
         "client": ("127.0.0.1", 50000),
@@ -176,8 +189,9 @@ def _scope(path: str, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def request(app: Any, path: str, state: dict[str, Any]) -> None:
-    """One GET through the ASGI app; returns when the app returns (after its tasks)."""
+async def request(app: Any, target: str, state: dict[str, Any]) -> None:
+    """One GET of ``target`` (path and query) through the ASGI app; returns when the app
+    returns (after its tasks, in inline mode)."""
     received = False
 
     async def receive() -> dict[str, Any]:
@@ -188,7 +202,7 @@ async def request(app: Any, path: str, state: dict[str, Any]) -> None:
         received = True
         return _REQUEST
 
-    await app(_scope(path, state), receive, _send)
+    await app(_scope(target, state), receive, _send)
 
 
 class Lifespan:

@@ -28,6 +28,13 @@ def render(params: Params) -> dict[str, str]:
     }
 
 
+def write_rules(path: Path, params: Params) -> Path:
+    """Write only the Prometheus rules file for ``params`` (e.g. a test variant) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rulefiles.prometheus_rules(params), encoding="utf-8")
+    return path
+
+
 def write(files: dict[str, str], root: Path) -> list[Path]:
     """Write ``files`` under ``root`` (creating directories); return the written paths."""
     written = []

@@ -156,10 +156,14 @@ def enqueued_vs_finished() -> PanelBuilder:
 
 
 def failure_ratio(by: Sequence[str], threshold: float) -> PanelBuilder:
+    title, question = (
+        (f"Failure ratio by {', '.join(by)}", "Which tasks fail, and what fraction of their runs?")
+        if by
+        else ("Failure ratio over time", "What fraction of the runs fail, and since when?")
+    )
     return timeseries_panel(
-        "Failure ratio" + (f" by {', '.join(by)}" if by else ""),
-        "Which tasks fail, and what fraction of their runs? The dashed line is the "
-        "BgTaskFailureRatioHigh threshold.",
+        title,
+        f"{question} The dashed line is the BgTaskFailureRatioHigh threshold.",
         [Query(_failure_ratio(by), _legend(by, "failure ratio"))],
         "percentunit",
         threshold=threshold,

@@ -34,6 +34,7 @@ class DetachedExecutor:
         self._group = anyio.create_task_group()
         self._idle = anyio.Event()
         self._batches = 0
+        self._running = 0
         self._waiting: set[int] = set()
         self.accepting = False
         self.outcomes: Counter[str] = Counter()
@@ -51,12 +52,25 @@ class DetachedExecutor:
     async def _run(self, records: list[TaskRecord]) -> None:
         try:
             async with self._slots:
-                await self.runner.run_batch(records)
-        except anyio.get_cancelled_exc_class():
+                self._running += 1
+                try:
+                    await self.runner.run_batch(records)
+                finally:
+                    self._running -= 1
+        except anyio.get_cancelled_exc_class() as exc:
             self.runner.abandon(records, reason="shutdown")
-            raise
+            if self._group.cancel_scope.cancel_called:
+                raise
+            # A task raised CancelledError itself: recorded as cancelled; re-raising it here
+            # would tear down the task group, i.e. every other detached task.
+            _contained(exc)
         except Exception:
             pass  # on_error="stop": already recorded and logged by the observers
+        except BaseException as exc:
+            # KeyboardInterrupt/SystemExit raised by a task: recorded as a failure. Inline, it
+            # propagates to the server, which logs it and keeps serving; here it would escape
+            # the event loop and stop the whole server, so it ends with its batch instead.
+            _contained(exc)
         finally:
             for record in records:
                 self.outcomes[record.outcome or OUTCOME_ABANDONED] += 1
@@ -73,16 +87,20 @@ class DetachedExecutor:
         self.accepting = False
         if self._batches:
             _logger.info(
-                "tasklens: shutdown, waiting up to %.1fs for %d running task batch(es)",
+                "tasklens: shutdown, waiting up to %.1fs for %d running and %d queued task "
+                "batch(es)",
                 self.shutdown_timeout,
-                self._batches,
+                self._running,
+                self._batches - self._running,
             )
             with anyio.move_on_after(self.shutdown_timeout):
                 await self._idle.wait()
             if self._batches:
                 _logger.warning(
-                    "tasklens: shutdown timeout reached, cancelling %d task batch(es)",
-                    self._batches,
+                    "tasklens: shutdown timeout reached, cancelling %d running and "
+                    "abandoning %d queued task batch(es)",
+                    self._running,
+                    self._batches - self._running,
                 )
                 self._group.cancel_scope.cancel()
         result = await self._group.__aexit__(exc_type, exc, tb)
@@ -92,3 +110,11 @@ class DetachedExecutor:
                 ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
             )
         return result
+
+
+def _contained(exc: BaseException) -> None:
+    _logger.error(
+        "tasklens: a detached background task raised %s; its batch ended there (the task is "
+        "recorded, later tasks of its response are abandoned) and the server keeps running",
+        type(exc).__name__,
+    )

@@ -70,10 +70,17 @@ def _with_runtime(
 
     @asynccontextmanager
     async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
-        async with original(asgi_app) as state:
-            if runner.options.mode == "detached":
-                warn_yield_dependencies(app)
-            async with runner.lifespan():
-                yield state
+        try:
+            async with original(asgi_app) as state:
+                if runner.options.mode == "detached":
+                    warn_yield_dependencies(app)
+                async with runner.lifespan():
+                    yield state
+        finally:
+            # Last: export the spans and metrics still buffered (uvicorn re-raises SIGTERM
+            # after the shutdown, so the SDK's atexit flush never runs).
+            from telemetry.wiring import flush_telemetry
+
+            await flush_telemetry()
 
     return lifespan

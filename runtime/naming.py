@@ -56,7 +56,7 @@ def _unwrap(func: Callable[..., Any]) -> tuple[object, str, str, str]:
         name = f"{module}.{qualname}"
         if code is not None and getattr(func, "__name__", "") == "<lambda>":
             name = f"{name}:{code.co_firstlineno}"
-        return (code if code is not None else func), name, qualname, module
+        return (_code_key(func, code) if code is not None else func), name, qualname, module
     cls = type(func)
     return (
         cls,
@@ -78,8 +78,9 @@ class TaskNamer:
         self._lock = threading.Lock()
 
     def identify(self, func: Callable[..., Any]) -> TaskIdentity:
-        """The identity of ``func``; for plain functions one attribute read and a dict hit."""
-        hit = self._by_key.get(getattr(func, "__code__", None) or _cache_key(func))
+        """The identity of ``func``; for plain functions a few attribute reads and a dict hit."""
+        code = getattr(func, "__code__", None)
+        hit = self._by_key.get(_code_key(func, code) if code is not None else _cache_key(func))
         return hit if hit is not None else self._new_identity(func)
 
     def _new_identity(self, func: Callable[..., Any]) -> TaskIdentity:
@@ -110,6 +111,13 @@ class TaskNamer:
         return set(self._names)
 
 
+def _code_key(func: object, code: object) -> object:
+    """Key of a function: its code object, which closures and lambdas made in a loop share,
+    plus module and qualname, which ``functools.wraps`` copies: functions decorated by the
+    same decorator share the wrapper's code and must not share a name."""
+    return code, getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+
+
 def _cache_key(func: Callable[..., Any]) -> object:
     """The same key as :func:`_unwrap`, without building names."""
     while isinstance(func, functools.partial):
@@ -118,5 +126,5 @@ def _cache_key(func: Callable[..., Any]) -> object:
         func = func.__func__
     code = getattr(func, "__code__", None)
     if code is not None:
-        return code
+        return _code_key(func, code)
     return func if isinstance(func, (types.FunctionType, types.BuiltinFunctionType)) else type(func)

@@ -9,6 +9,7 @@ Every step is announced to the observers (spans, metrics, logs live in ``telemet
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import time
 import types
@@ -282,7 +283,10 @@ class TaskRunner:
         async with anyio.create_task_group() as group:
             sampler = None
             if self.options.loop_lag_interval is not None and self._on_loop_lag:
-                sampler = LoopLagSampler(self.options.loop_lag_interval, self._on_loop_lag)
+                # Each sink through _safe: an observer bug must not end the sampler, whose
+                # failure would cancel this task group (and every detached task with it).
+                sinks = [functools.partial(_safe, hook) for hook in self._on_loop_lag]
+                sampler = LoopLagSampler(self.options.loop_lag_interval, sinks)
                 group.start_soon(sampler.run)
             try:
                 if self.options.mode == "detached":

@@ -22,13 +22,29 @@ def _uses_background(dependant: Any) -> bool:
     return any(_uses_background(sub) for sub in getattr(dependant, "dependencies", ()))
 
 
-def routes_at_risk(app: Any) -> list[str]:
-    """Paths of FastAPI routes that take BackgroundTasks and also have a yield dependency."""
+def _routes(app: Any) -> list[Any]:
+    """The routes of an app or mount. FastAPI >= 0.165 keeps included routers as one entry
+    of ``app.routes``; its ``iter_route_contexts`` yields their routes with the effective
+    path and dependencies (the router's own included)."""
+    routes = list(getattr(app, "routes", ()))
+    try:
+        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined]
+    except ImportError:  # older FastAPI (included routes are flat) or Starlette only
+        return routes
+    return list(iter_route_contexts(routes))
+
+
+def routes_at_risk(app: Any, prefix: str = "") -> list[str]:
+    """Paths of FastAPI routes that take BackgroundTasks and also have a yield dependency
+    (including routes of mounted apps: their tasks run on this app's runtime too)."""
     risky = []
-    for route in getattr(app, "routes", ()):
+    for route in _routes(app):
         dependant = getattr(route, "dependant", None)
-        if dependant is not None and _uses_background(dependant) and _uses_yield(dependant):
-            risky.append(getattr(route, "path", repr(route)))
+        if dependant is None:
+            if getattr(route, "routes", None):  # Mount: a sub-app or router
+                risky.extend(routes_at_risk(route, prefix + getattr(route, "path", "")))
+        elif _uses_background(dependant) and _uses_yield(dependant):
+            risky.append(prefix + getattr(route, "path", repr(route)))
     return risky
 
 

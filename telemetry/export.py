@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,19 +100,52 @@ class CountingSpanExporter(SpanExporter):
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """A BatchSpanProcessor that counts the spans its full queue drops."""
+    """A BatchSpanProcessor that counts the spans its full queue drops.
+
+    The SDK's batch processor reports each drop (queue full, or already shut down) to its
+    processor metrics; those are wrapped so every reported drop also increments
+    ``bgtask_spans_dropped``. Should a future SDK lay its internals out differently, the
+    queue length is checked before each span is queued instead (a close estimate).
+    """
 
     def __init__(self, exporter: SpanExporter, metrics: TaskMetrics, **kwargs: Any) -> None:
         super().__init__(CountingSpanExporter(exporter, metrics), **kwargs)
         self._dropped = metrics.spans_dropped
+        self._enqueue_lock = threading.Lock()
+        batch = getattr(self, "_batch_processor", None)
+        reported = getattr(batch, "_metrics", None)
+        self._drops_reported = callable(getattr(reported, "drop_items", None))
+        if self._drops_reported:
+            batch._metrics = _DropCountingMetrics(reported, self._dropped)  # type: ignore[union-attr]
 
     def on_end(self, span: ReadableSpan) -> None:
-        batch = self._batch_processor
-        queue = getattr(batch, "_queue", None)
-        full = queue is not None and len(queue) >= getattr(batch, "_max_queue_size", 1 << 62)
-        if full and span.context is not None and span.context.trace_flags.sampled:
-            self._dropped.inc()
-        super().on_end(span)
+        # One span at a time: the SDK checks "queue full" and then appends without a lock,
+        # so two threads ending spans at once (event loop and thread pool) could both see
+        # room, and the deque would drop a span silently.
+        with self._enqueue_lock:
+            if not self._drops_reported:
+                batch = self._batch_processor
+                queue = getattr(batch, "_queue", None)
+                limit = getattr(batch, "_max_queue_size", 1 << 62)
+                full = queue is not None and len(queue) >= limit
+                if full and span.context is not None and span.context.trace_flags.sampled:
+                    self._dropped.inc()
+            super().on_end(span)
+
+
+class _DropCountingMetrics:
+    """Forwards the SDK processor's metrics calls; counts the drops it reports."""
+
+    def __init__(self, inner: Any, dropped: Any) -> None:
+        self._inner = inner
+        self._dropped = dropped
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        self._dropped.inc(count)
+        self._inner.drop_items(count, error_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class LogSpanExporter(SpanExporter):

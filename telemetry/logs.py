@@ -158,7 +158,9 @@ class LogObserver:
             return
         fields: dict[str, Any] = {"task": task.name, "outcome": outcome}
         if self._record_args:
-            fields["task_args"], fields["task_kwargs"] = describe_args(task.args, task.kwargs)
+            fields["task_args"], fields["task_kwargs"] = describe_args(
+                task.args, task.kwargs, task.func
+            )
         if outcome == c.OUTCOME_FAILURE and task.error is not None:
             self._log.error(
                 "background task failed",

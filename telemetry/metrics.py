@@ -7,23 +7,26 @@ cached on the task identity, so the hot path never looks labels up by string.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import values as prometheus_values
 
 from runtime.record import TaskRecord
 from telemetry import contract as c
+from telemetry.multiprocess import prepare_directory
 
 _lock = threading.Lock()
 _by_registry: dict[int, TaskMetrics] = {}
 
 
 def multiprocess_mode() -> bool:
-    """True when prometheus_client writes to ``PROMETHEUS_MULTIPROC_DIR`` (several workers)."""
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    """True when prometheus_client writes values to ``PROMETHEUS_MULTIPROC_DIR`` files
+    (several workers). prometheus_client decides once, when it is first imported: a
+    variable set later has no effect, and /metrics then shows this process only."""
+    return bool(getattr(prometheus_values.ValueClass, "_multiprocess", False))
 
 
 def _make(spec: c.MetricSpec, registry: CollectorRegistry) -> Any:
@@ -41,6 +44,10 @@ class TaskMetrics:
     """Every metric of :mod:`telemetry.contract`, registered in one registry."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        if multiprocess_mode():
+            # Fail with a clear message (not a bare FileNotFoundError from mmap) and
+            # create the directory when missing; wiping is the process manager's job.
+            prepare_directory(wipe=False)
         self.registry = registry
         self.enqueued = _make(c.ENQUEUED, registry)
         self.finished = _make(c.FINISHED, registry)

@@ -13,6 +13,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import REGISTRY
 
 from telemetry.export import (
     CountingBatchSpanProcessor,
@@ -22,7 +23,6 @@ from telemetry.export import (
     otlp_protocol,
     span_exporter,
 )
-from telemetry.exposition import metrics_registry
 from telemetry.logs import configure_logging
 from telemetry.metrics import TaskMetrics
 from telemetry.otlp_metrics import PrometheusOTLPBridge
@@ -62,6 +62,52 @@ class Telemetry:
         with _lock:
             if _handle is self:
                 _handle = None
+
+
+#: Seconds :func:`flush` waits at shutdown (``TASKLENS_SHUTDOWN_FLUSH_TIMEOUT``).
+DEFAULT_FLUSH_TIMEOUT = 5.0
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Export the spans and metrics buffered by what :func:`setup` built, waiting at most
+    ``timeout`` seconds (default ``TASKLENS_SHUTDOWN_FLUSH_TIMEOUT``, else 5).
+
+    Called when the instrumented app's lifespan ends: servers that stop on SIGTERM by
+    re-raising it (uvicorn) never run the SDK's atexit flush, which would lose up to
+    ``OTEL_BSP_SCHEDULE_DELAY`` of spans and the last metric values. The SDK's flush does
+    not honour a timeout, so it runs in a daemon thread and a collector that does not
+    answer delays the shutdown by ``timeout`` at most. True when everything was exported
+    (or nothing was set up), False on timeout.
+    """
+    handle = _handle
+    if handle is None:
+        return True
+    if timeout is None:
+        raw = os.environ.get("TASKLENS_SHUTDOWN_FLUSH_TIMEOUT", "")
+        try:
+            timeout = float(raw) if raw else DEFAULT_FLUSH_TIMEOUT
+        except ValueError:
+            _logger.warning("tasklens: TASKLENS_SHUTDOWN_FLUSH_TIMEOUT=%r is not seconds", raw)
+            timeout = DEFAULT_FLUSH_TIMEOUT
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            handle.force_flush()
+        except Exception:
+            _logger.warning("tasklens: telemetry flush failed", exc_info=True)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="tasklens-flush", daemon=True).start()
+    if done.wait(timeout):
+        return True
+    _logger.warning(
+        "tasklens: telemetry flush not finished after %.1fs (collector unreachable?); "
+        "buffered spans and metrics may be lost",
+        timeout,
+    )
+    return False
 
 
 def _metric_interval() -> float:
@@ -125,8 +171,12 @@ def setup(
             handle.tracer_provider = provider
         if metrics_on:
             interval = _metric_interval()
+            # This process's values, also with several workers (multiprocess mode): each
+            # worker exports its own series under its own service.instance.id, and the
+            # backend sums them. Exporting the all-worker sum from every worker (what
+            # /metrics shows) would count everything once per worker.
             handle.metrics_bridge = PrometheusOTLPBridge(
-                metrics_registry(),
+                REGISTRY,
                 metric_exporter(otlp_endpoint, otlp_protocol_name),
                 resource,
                 interval,

@@ -54,7 +54,7 @@ class SpanObserver:
         name, static = self._static(task)
         attributes = {**static, c.ATTR_INDEX: task.index, c.ATTR_BATCH_SIZE: task.batch_size}
         if self._record_args:
-            args, kwargs = describe_args(task.args, task.kwargs)
+            args, kwargs = describe_args(task.args, task.kwargs, task.func)
             attributes[c.ATTR_ARGS] = json.dumps(args)
             attributes[c.ATTR_KWARGS] = json.dumps(kwargs)
         return self._tracer.start_span(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -284,9 +285,14 @@ def _parse(argv: Sequence[str] | None) -> StackOptions:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start everything, print the URLs, print alert notifications until Ctrl-C."""
+    """Start everything, print the URLs, print alert notifications until Ctrl-C (or SIGTERM)."""
     options = _parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     with WebhookReceiver(echo=True) as receiver:
         options.webhook_url = receiver.url
         with start_stack(options) as stack:

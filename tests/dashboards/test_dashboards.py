@@ -250,3 +250,10 @@ def test_panel_queries_lists_every_target() -> None:
         "Enqueued vs finished",
         pairs[[t for t, _ in pairs].index("Enqueued vs finished")][1],
     ) in pairs
+
+
+def test_docs_name_every_panel(dashboard: dict[str, Any]) -> None:
+    docs = (REPO_ROOT / "docs" / "dashboards.md").read_text()
+    assert dashboard["title"] in docs
+    for panel in panels(dashboard):
+        assert panel["title"] in docs, f"docs/dashboards.md does not mention {panel['title']!r}"

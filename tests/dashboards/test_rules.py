@@ -85,7 +85,7 @@ def test_alert_labels_and_annotations() -> None:
         assert notes["runbook_url"] == f"docs/runbooks/{name}.md"
         uid = re.match(r"/d/([\w-]+)", notes["dashboard_url"])
         assert uid and uid.group(1) in dashboards, (name, notes["dashboard_url"])
-        if "task" in notes["summary"]:
+        if "$labels.task" in notes["summary"]:
             assert "var-task={{ $labels.task }}" in notes["dashboard_url"]
 
 
@@ -159,3 +159,13 @@ def test_job_is_configurable(tmp_path: Path) -> None:
 def test_invalid_slo_is_rejected() -> None:
     with pytest.raises(ValueError, match="slo"):
         Params(slo=1.0)
+
+
+def test_docs_list_every_alert_with_its_for() -> None:
+    docs = (REPO_ROOT / "docs" / "dashboards.md").read_text()
+    for rule in alerting_rules():
+        row = next(
+            (line for line in docs.splitlines() if line.startswith(f"| {rule['alert']} |")), ""
+        )
+        assert row, f"docs/dashboards.md has no table row for {rule['alert']}"
+        assert f"| {rule['for']} |" in row and f"| {rule['labels']['severity']} |" in row, row

@@ -7,6 +7,7 @@ also stops its workers; ``ServerProcess`` always stops what it started, also on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,18 +122,14 @@ class ServerProcess:
         try:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
             return time.monotonic() - started
         finally:
             if proc is not None:
                 # The session (process group) we created: workers left behind go too.
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
                 if proc.poll() is None:
                     proc.wait(5)
             if self._log is not None:
@@ -192,6 +189,11 @@ class LoadResult:
     errors: list[str]
     bodies: list[dict[str, object]]
     seconds: float
+    latencies: list[float]
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 async def _send(
@@ -200,7 +202,7 @@ async def _send(
     queue: asyncio.Queue[str] = asyncio.Queue()
     for path in paths:
         queue.put_nowait(path)
-    result = LoadResult(0, [], [], 0.0)
+    result = LoadResult(0, [], [], 0.0, [])
     limits = httpx.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency if keepalive else 0
     )
@@ -213,11 +215,13 @@ async def _send(
                     path = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                sent = time.monotonic()
                 try:
                     response = await client.post(path)
                 except httpx.HTTPError as exc:
                     result.errors.append(f"{path}: {type(exc).__name__}: {exc}")
                     continue
+                result.latencies.append(time.monotonic() - sent)
                 if response.status_code != 200:
                     result.errors.append(f"{path}: HTTP {response.status_code}")
                 else:

@@ -7,7 +7,7 @@ tests know exactly which tasks fail); every other task increments a side-effect 
 
 ``POST /hang`` schedules one sync task that blocks (up to 120 s) so a worker can be killed
 while its gauges are non-zero. ``GET /stats`` reports the process: pid, side effects,
-resident memory and the span export queue (current, peak, capacity).
+resident memory, spans ended, and the span export queue (current, peak, capacity).
 
 Run with ``uvicorn tests.e2e.apps.reliability_app:app`` or under gunicorn.
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 import runtime
 import telemetry
@@ -90,7 +91,24 @@ class _QueueSampler:
             time.sleep(0.005)
 
 
+class _EndedSpans(SpanProcessor):
+    """Counts the sampled spans that ended (what the exporters had to deliver)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            with self._lock:
+                self.count += 1
+
+
 _sampler = _QueueSampler()
+_ended = _EndedSpans()
+_provider = trace.get_tracer_provider()
+if isinstance(_provider, TracerProvider):
+    _provider.add_span_processor(_ended)
 app = FastAPI()
 
 
@@ -117,6 +135,7 @@ def stats() -> dict:
         "pid": os.getpid(),
         "side_effects": _side_effects,
         "rss_bytes": rss_pages * PAGE,
+        "spans_ended": _ended.count,
         "span_queue": len(queue) if queue is not None else None,
         "span_queue_peak": _sampler.peak,
         "span_queue_capacity": queue.maxlen if queue is not None else None,

@@ -1,0 +1,240 @@
+"""Deploy configs: promtool and amtool accept them; compose, k8s and Grafana files agree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dashboards import alerts, build
+from deploy.local import configs
+from tests.dashboards.tools import REPO_ROOT, assert_ok, run
+
+DEPLOY = REPO_ROOT / "deploy"
+COMPOSE_DIR = DEPLOY / "compose"
+K8S = DEPLOY / "k8s"
+PINNED = re.compile(r"^[\w./-]+:(?!latest$)v?\d[\w.-]*$")
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def compose() -> dict[str, Any]:
+    return load(COMPOSE_DIR / "docker-compose.yml")
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+
+def test_rendered_local_prometheus_config(tmp_path: Path, promtool: str) -> None:
+    path = tmp_path / "prometheus.yml"
+    path.write_text(
+        configs.render_prometheus_config(
+            app_target="127.0.0.1:8000",
+            alertmanager="127.0.0.1:9093",
+            scrape_interval="1s",
+            evaluation_interval="1s",
+        )
+    )
+    result = run([promtool, "check", "config", str(path)])
+    assert_ok(result)
+    assert "tasklens-alerts.yml" in result.stdout and "1 rule files found" in result.stdout
+    config = load(path)
+    assert config["scrape_configs"][0]["job_name"] == "tasklens"
+    assert config["global"]["scrape_timeout"] == "1s"
+
+
+def test_local_prometheus_config_with_a_long_scrape_interval(tmp_path: Path, promtool: str) -> None:
+    path = tmp_path / "prometheus.yml"
+    path.write_text(
+        configs.render_prometheus_config(
+            app_target="127.0.0.1:1", alertmanager="127.0.0.1:2", scrape_interval="30s"
+        )
+    )
+    assert_ok(run([promtool, "check", "config", str(path)]))
+    assert load(path)["global"]["scrape_timeout"] == "10s"
+
+
+def test_compose_prometheus_config_and_its_rules(promtool: str) -> None:
+    result = run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
+    assert_ok(result)
+    assert "1 rule files found" in result.stdout
+    assert "tasklens-alerts.yml" in result.stdout, "rule_files must resolve to the generated rules"
+
+
+def test_compose_prometheus_scrapes_the_app_as_the_alerted_job() -> None:
+    config = load(DEPLOY / "prometheus" / "prometheus.yml")
+    app = next(job for job in config["scrape_configs"] if job["job_name"] == "tasklens")
+    assert app["static_configs"][0]["targets"] == ["app:8000"]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "alertmanager:9093"
+    ]
+
+
+def test_template_needs_every_placeholder() -> None:
+    with pytest.raises(KeyError):
+        configs.render_template(configs.PROMETHEUS_TEMPLATE, {"APP_TARGET": "x"})
+
+
+# --- Alertmanager ----------------------------------------------------------------------------
+
+
+def test_compose_alertmanager_config(amtool: str) -> None:
+    assert_ok(run([amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")]))
+
+
+def test_rendered_local_alertmanager_config(tmp_path: Path, amtool: str) -> None:
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(configs.render_alertmanager_config(webhook_url="http://127.0.0.1:5001/hook"))
+    assert_ok(run([amtool, "check-config", str(path)]))
+    receiver = load(path)["receivers"][0]
+    assert receiver["webhook_configs"][0]["url"] == "http://127.0.0.1:5001/hook"
+
+
+def test_alertmanager_inhibitions_name_real_alerts() -> None:
+    names = set(alerts.alert_names())
+    for rule in load(DEPLOY / "alertmanager" / "alertmanager.yml")["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            value = re.search(r'alertname=~?"([^"]+)"', matcher)
+            assert value, matcher
+            assert set(value.group(1).split("|")) <= names, matcher
+
+
+# --- Compose ---------------------------------------------------------------------------------
+
+
+def test_compose_services() -> None:
+    services = compose()["services"]
+    for name in ("app", "otel-collector", "prometheus", "alertmanager", "tempo", "grafana"):
+        assert name in services
+
+
+def test_compose_images_are_pinned() -> None:
+    for name, service in compose()["services"].items():
+        image = service.get("image", "")
+        if "build" in service:
+            dockerfile = (COMPOSE_DIR / service["build"]["context"]) / service["build"][
+                "dockerfile"
+            ]
+            bases = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.MULTILINE)
+            assert bases and all(PINNED.match(base) for base in bases), (name, bases)
+        else:
+            assert PINNED.match(image), f"{name}: image {image!r} has no pinned version tag"
+        assert not image.endswith(":latest"), name
+
+
+def test_compose_mounts_exist() -> None:
+    for name, service in compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE_DIR / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_compose_prometheus_flags() -> None:
+    command = compose()["services"]["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in command
+    assert "--web.enable-remote-write-receiver" in command
+
+
+def test_compose_app_runs_the_demo() -> None:
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    assert (
+        '"tasklens", "demo", "--host", "0.0.0.0", "--port", "8000", "--self-traffic"' in dockerfile
+    )
+    app = compose()["services"]["app"]
+    assert app["build"]["dockerfile"] == "deploy/compose/Dockerfile"
+    assert (COMPOSE_DIR / app["build"]["context"]).resolve() == REPO_ROOT
+    assert app["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+
+
+# --- Grafana ---------------------------------------------------------------------------------
+
+
+def test_grafana_datasources() -> None:
+    sources = {s["uid"]: s for s in load(REPO_ROOT / build.DATASOURCES_YAML)["datasources"]}
+    prometheus, tempo = sources["prometheus"], sources["tempo"]
+    assert prometheus["type"] == "prometheus" and prometheus["isDefault"] is True
+    assert prometheus["jsonData"]["exemplarTraceIdDestinations"] == [
+        {"name": "trace_id", "datasourceUid": "tempo"}
+    ]
+    assert tempo["type"] == "tempo"
+    assert tempo["jsonData"]["tracesToMetrics"]["datasourceUid"] == "prometheus"
+    assert tempo["jsonData"]["serviceMap"]["datasourceUid"] == "prometheus"
+    for query in tempo["jsonData"]["tracesToMetrics"]["queries"]:
+        assert "$$__tags" in query["query"], "Grafana expands single $ in provisioning files"
+
+
+def test_grafana_dashboard_provider_loads_the_generated_dashboards() -> None:
+    provider = load(DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yaml")
+    path = provider["providers"][0]["options"]["path"]
+    mounts = dict(
+        v.rsplit(":", 1)[0].split(":", 1) for v in compose()["services"]["grafana"]["volumes"]
+    )
+    source = next(src for src, target in mounts.items() if target == path)
+    assert (COMPOSE_DIR / source).resolve() == (REPO_ROOT / "dashboards" / "generated")
+
+
+# --- Collector and Tempo ---------------------------------------------------------------------
+
+
+def collector_config() -> dict[str, Any]:
+    return load(DEPLOY / "otel-collector" / "config.yaml")
+
+
+def test_collector_pipelines() -> None:
+    config = collector_config()
+    assert set(config["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}
+    pipelines = config["service"]["pipelines"]
+    assert set(pipelines) == {"traces", "metrics"}
+    for pipeline in pipelines.values():
+        for kind in ("receivers", "processors", "exporters"):
+            assert set(pipeline[kind]) <= set(config[kind]), kind
+    assert config["exporters"]["otlp/tempo"]["endpoint"] == "tempo:4317"
+
+
+def test_k8s_collector_configmap_matches_compose() -> None:
+    configmap = load(K8S / "otel-collector-config.yaml")
+    assert configmap["kind"] == "ConfigMap"
+    assert yaml.safe_load(configmap["data"]["config.yaml"]) == collector_config()
+
+
+def test_tempo_config() -> None:
+    tempo = load(DEPLOY / "tempo" / "tempo.yaml")
+    assert set(tempo["distributor"]["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}
+    remote_write = tempo["metrics_generator"]["storage"]["remote_write"][0]
+    assert remote_write["url"] == "http://prometheus:9090/api/v1/write"
+
+
+# --- Kubernetes ------------------------------------------------------------------------------
+
+
+def test_k8s_manifests() -> None:
+    kustomization = load(K8S / "kustomization.yaml")
+    files = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    kinds = {load(K8S / name)["kind"] for name in files}
+    assert kinds == {"Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap"}
+
+
+def test_k8s_app_is_scraped_as_the_alerted_job() -> None:
+    deployment = load(K8S / "deployment.yaml")
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    assert PINNED.match(container["image"]), container["image"]
+    ports = {port["name"] for port in container["ports"]}
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+    monitor = load(K8S / "podmonitor.yaml")["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    assert {endpoint["port"] for endpoint in monitor["podMetricsEndpoints"]} <= ports
+    assert labels[monitor["jobLabel"]] == "tasklens"  # the job the generated rules select
+
+    service = load(K8S / "service.yaml")["spec"]
+    assert service["selector"].items() <= labels.items()
+    assert {port["targetPort"] for port in service["ports"]} <= ports

@@ -1,0 +1,140 @@
+"""deploy/local/stack.py against real Prometheus and Alertmanager, fed by a fake app.
+
+Every dashboard query must return data, exemplars must reach Prometheus, the rules must evaluate
+cleanly, and a failure alert must travel Prometheus -> Alertmanager -> webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboards import build, queries
+from dashboards.params import Params
+from deploy.local import stack
+from tests.dashboards.tools import require_tool
+
+FAKE_APP = Path(__file__).with_name("fake_app.py")
+FLAKY = "demo.tasks.flaky_sync"
+
+
+def api(base: str, path: str, **params: Any) -> Any:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def eventually(check: Any, timeout: float = 60.0) -> Any:
+    """Call ``check`` until it returns something truthy; fail with its last result."""
+    deadline = time.monotonic() + timeout
+    result = None
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"condition not met within {timeout:.0f}s: last result {result!r}")
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.Stack, Any]]:
+    require_tool("prometheus", "prometheus")
+    require_tool("prometheus-alertmanager", "prometheus-alertmanager")
+    state = tmp_path_factory.mktemp("stack")
+    # The committed rules with `for: 0s` on the failure alert, so delivery is seen in seconds.
+    rules = build.write_rules(state / "rules.yml", Params(failure_for="0s"))
+    with stack.WebhookReceiver() as receiver:
+        options = stack.StackOptions(
+            state_dir=state,
+            app_command=[sys.executable, str(FAKE_APP), "--host", "{host}", "--port", "{port}"],
+            rules=[rules],
+            webhook_url=receiver.url,
+            scrape_interval="1s",
+            evaluation_interval="1s",
+        )
+        with stack.start_stack(options) as started:
+            yield started, receiver
+
+
+@pytest.fixture(scope="module")
+def prometheus(running: tuple[stack.Stack, Any]) -> str:
+    """Prometheus' URL once it has scraped the app for a few seconds."""
+    base = running[0].prometheus_url
+    eventually(lambda: api(base, "/api/v1/query", query='up{job="tasklens"} == 1')["result"])
+    eventually(lambda: api(base, "/api/v1/query", query="count_over_time(up[1m]) >= 5")["result"])
+    return base
+
+
+def test_rules_evaluate_without_errors(prometheus: str) -> None:
+    def healthy() -> list[Any] | None:
+        groups = api(prometheus, "/api/v1/rules")["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        return rules if rules and all(rule["health"] == "ok" for rule in rules) else None
+
+    rules = eventually(healthy)
+    assert {rule["name"] for rule in rules if rule["type"] == "alerting"} >= {
+        "BgTaskFailureRatioHigh",
+        "BgTaskTargetDown",
+    }
+
+
+def test_prometheus_talks_to_alertmanager(
+    prometheus: str, running: tuple[stack.Stack, Any]
+) -> None:
+    active = api(prometheus, "/api/v1/alertmanagers")["activeAlertmanagers"]
+    assert [am["url"] for am in active] == [f"{running[0].alertmanager_url}/api/v2/alerts"]
+
+
+@pytest.mark.parametrize("relative", [build.OVERVIEW_JSON, build.TASK_JSON])
+def test_every_panel_query_returns_data(prometheus: str, relative: str) -> None:
+    task = queries.ALL if relative == build.OVERVIEW_JSON else FLAKY
+    values = {"job": "tasklens", "instance": queries.ALL, "task": task}
+    end = time.time()
+    empty = []
+    for title, expr in queries.panel_queries(queries.load(relative)):
+        query = queries.substitute_variables(expr, values)
+        data = api(prometheus, "/api/v1/query_range", query=query, start=end - 60, end=end, step=1)
+        if not data["result"]:
+            empty.append((title, query))
+    assert not empty, f"queries without data: {empty}"
+
+
+def test_exemplars_reach_prometheus(prometheus: str) -> None:
+    board = queries.load(build.OVERVIEW_JSON)
+    title, expr = next(pair for pair in queries.panel_queries(board) if "Duration p50" in pair[0])
+    query = queries.substitute_variables(expr, {"job": "tasklens", "instance": ".*", "task": ".*"})
+    end = time.time()
+    data = api(prometheus, "/api/v1/query_exemplars", query=query, start=end - 60, end=end)
+    trace_ids = {e["labels"]["trace_id"] for series in data for e in series["exemplars"]}
+    assert trace_ids, f"no exemplars for {title!r}"
+
+
+def test_failure_alert_reaches_the_webhook(running: tuple[stack.Stack, Any]) -> None:
+    receiver = running[1]
+    alert = receiver.wait_for(
+        lambda a: (
+            a["labels"].get("alertname") == "BgTaskFailureRatioHigh"
+            and a["labels"].get("task") == FLAKY
+        ),
+        timeout=60,
+    )
+    assert alert["status"] == "firing"
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["annotations"]["runbook_url"] == "docs/runbooks/BgTaskFailureRatioHigh.md"
+    assert alert["annotations"]["dashboard_url"].endswith(f"var-task={FLAKY}")
+
+
+def test_a_dying_process_fails_fast_with_its_log(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(RuntimeError, match="boom"):
+        stack.start_app(command, port=stack.free_port(), log_path=tmp_path / "app.log", timeout=10)

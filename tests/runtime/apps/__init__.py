@@ -1,0 +1,1 @@
+"""ASGI apps the runtime tests start as real server subprocesses."""

@@ -1,0 +1,208 @@
+"""Real servers and isolated telemetry for the runtime tests.
+
+``serve(app)`` runs a real uvicorn server in a thread, on a socket bound to 127.0.0.1:0 (no
+port race), lifespan on; it stops the server on exit, even when the test failed. ``Probe``
+bundles a fresh Prometheus registry and an in-memory span exporter with the three observers,
+so a test sees only its own tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import Response
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from runtime.observer import TaskObserver
+from telemetry.logs import LogObserver
+from telemetry.metrics import MetricsObserver, TaskMetrics
+from telemetry.spans import SpanObserver
+from tests.support.net import LOOPBACK
+
+T = TypeVar("T")
+STARTUP_TIMEOUT = 10.0
+STOP_TIMEOUT = 30.0
+
+
+@dataclass
+class Server:
+    """A running uvicorn server: its base URL and the uvicorn object (to watch or stop it)."""
+
+    base_url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Graceful stop (lifespan shutdown runs); waits for the thread to end."""
+        self.server.should_exit = True
+        self.thread.join(STOP_TIMEOUT)
+        if self.thread.is_alive():  # a hung shutdown must not hang the test session
+            self.server.force_exit = True
+            self.thread.join(5)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+@contextmanager
+def serve(app: Any, **config: Any) -> Iterator[Server]:
+    """Run ``app`` on a real uvicorn server (in a thread) for the duration of the block."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, 0))
+    port = sock.getsockname()[1]
+    options: dict[str, Any] = {
+        "lifespan": "on",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 20,
+        **config,
+    }
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
+    )
+    running = Server(f"http://{LOOPBACK}:{port}", server, thread)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), STARTUP_TIMEOUT, "startup")
+        assert server.started, "uvicorn failed to start"
+        yield running
+    finally:
+        try:
+            running.stop()
+        finally:
+            sock.close()
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.01) -> T:
+    """Poll ``predicate`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Probe:
+    """A fresh registry, tracer provider and span exporter, and observers writing to them."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+
+    def __post_init__(self) -> None:
+        self.metrics = TaskMetrics(self.registry)
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def observers(
+        self, *, record_args: bool = False, loop_block_threshold: float | None = 0.1
+    ) -> list[TaskObserver]:
+        """Spans, metrics, logs: the order of ``telemetry.wiring.default_observers``."""
+        return [
+            SpanObserver(self.tracer_provider, record_args, loop_block_threshold),
+            MetricsObserver(self.metrics),
+            LogObserver(record_args, loop_block_threshold),
+        ]
+
+    def mount_metrics(self, app: FastAPI, path: str = "/metrics") -> None:
+        """Serve this probe's registry at ``path`` (an async route: never on a thread)."""
+
+        async def metrics() -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        app.add_api_route(path, metrics, methods=["GET"], include_in_schema=False)
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def task_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.name.startswith("bgtask ")]
+
+    def close(self) -> None:
+        self.tracer_provider.shutdown()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text exposition → {(sample name, labels): value}, via prometheus_client's
+    own parser."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def scrape(client: httpx.Client, path: str = "/metrics") -> Samples:
+    response = client.get(path)
+    response.raise_for_status()
+    return parse_metrics(response.text)
+
+
+def scrape_until(
+    client: httpx.Client, predicate: Callable[[Samples], bool], timeout: float, what: str
+) -> Samples:
+    """Scrape until ``predicate`` holds for the samples; return those samples."""
+    return wait_for(lambda: s if predicate(s := scrape(client)) else None, timeout, what)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value (0.0 if absent: children of unseen label values are not exported)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of every sample of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, lbl), v in samples.items() if n == name and wanted <= lbl)
+
+
+class ListHandler(logging.Handler):
+    """Collects the stdlib records of one logger (across threads)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock2:
+            self.records.append(record)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        with self._lock2:
+            return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@contextmanager
+def captured(logger_name: str) -> Iterator[ListHandler]:
+    """Capture a stdlib logger's records (level DEBUG) for the block."""
+    logger = logging.getLogger(logger_name)
+    handler = ListHandler()
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -1,0 +1,280 @@
+"""Detached mode at shutdown: drain up to ``shutdown_timeout``, cancel, count every task.
+
+Semantics (``runtime/detached.py``): once shutdown starts no new batch is accepted; batches
+already submitted keep running, and queued ones still take slots as they free up, until
+``shutdown_timeout``. Then everything is cancelled: a running task ends ``cancelled``, the
+tasks after it in its response and every batch still waiting for a slot end ``abandoned``.
+So ``success + failure + cancelled + abandoned == enqueued``, exactly, and each cancelled or
+abandoned task is logged by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import BackgroundTasks, FastAPI
+
+import runtime
+from tests.runtime.helpers import Probe, captured, scrape, serve, total, wait_for
+from tests.support.net import LOOPBACK, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+GRACE_TASK_SECONDS = 0.6
+SHUTDOWN_TIMEOUT = 1.2
+
+
+async def finishes_during_grace() -> None:
+    await asyncio.sleep(GRACE_TASK_SECONDS)
+
+
+async def blocker() -> None:
+    await asyncio.sleep(30)  # cancelled at the shutdown timeout
+
+
+def after_blocker() -> None:
+    raise AssertionError("must never run")
+
+
+async def queued_async(n: int) -> None:
+    raise AssertionError("must never run")
+
+
+def queued_sync() -> None:
+    raise AssertionError("must never run")
+
+
+def test_shutdown_waits_then_cancels_and_counts_every_task(
+    probe: Probe, task_logs: list[dict[str, Any]]
+) -> None:
+    app = FastAPI()
+    batches = {
+        "grace": [finishes_during_grace],
+        "block-then-more": [blocker, after_blocker],
+        "block": [blocker],
+        "queued-async": [queued_async, queued_async],
+        "queued-sync": [queued_sync],
+    }
+
+    @app.post("/batch/{name}")
+    async def add_batch(name: str, background_tasks: BackgroundTasks) -> dict[str, str]:
+        for i, func in enumerate(batches[name]):
+            background_tasks.add_task(func, *([i] if func is queued_async else []))
+        return {"batch": name}
+
+    probe.mount_metrics(app)
+    runtime.instrument(
+        app,
+        mode="detached",
+        max_concurrency=2,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        observers=probe.observers(),
+        metrics_path=None,
+    )
+    with captured("tasklens.runtime") as runtime_log, serve(app) as server:
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            for name in batches:  # in order: the semaphore serves batches first come first
+                assert client.post(f"/batch/{name}").status_code == 200
+            wait_for(
+                lambda: total(scrape(client), "bgtask_in_progress") == 2,
+                5,
+                "both slots busy",
+            )
+        started = time.perf_counter()
+        server.stop()
+        shutdown_seconds = time.perf_counter() - started
+
+    reg = probe.registry
+    enqueued = reg.get_sample_value("bgtask_enqueued_total", {"task": _name("blocker")})
+    assert enqueued == 2
+    finished = Counter[str]()
+    for family in reg.collect():
+        for sample in family.samples:
+            if sample.name == "bgtask_finished_total" and sample.value:
+                finished[sample.labels["outcome"]] += int(sample.value)
+    all_enqueued = sum(
+        s.value for f in reg.collect() for s in f.samples if s.name == "bgtask_enqueued_total"
+    )
+    assert all_enqueued == 7
+    assert finished == {"success": 1, "cancelled": 2, "abandoned": 4}
+    assert sum(finished.values()) == all_enqueued
+    assert total_gauge(probe, "bgtask_in_progress") == 0
+    assert total_gauge(probe, "bgtask_pending") == 0
+
+    # Logged by name, once each.
+    by_outcome: dict[str, list[str]] = {}
+    for event in task_logs:
+        if event["event"] in ("background task cancelled", "background task abandoned"):
+            by_outcome.setdefault(event["outcome"], []).append(event["task"])
+    assert sorted(by_outcome["cancelled"]) == [_name("blocker")] * 2
+    assert sorted(by_outcome["abandoned"]) == sorted(
+        [_name("after_blocker"), _name("queued_async"), _name("queued_async"),
+         _name("queued_sync")]
+    )  # fmt: skip
+    messages = runtime_log.messages()
+    assert (
+        "tasklens: shutdown, waiting up to 1.2s for 2 running and 3 queued task batch(es)"
+        in messages
+    )
+    assert (
+        "tasklens: shutdown timeout reached, cancelling 2 running and abandoning 2 queued "
+        "task batch(es)" in messages
+    )
+    assert "tasklens: detached tasks at shutdown: abandoned=4, cancelled=2, success=1" in messages
+
+    # The task running at shutdown start finished inside the grace period, not cancelled.
+    waiting = next(r for r in runtime_log.records if "waiting up to" in r.getMessage())
+    (grace_span,) = [s for s in probe.task_spans() if s.name.endswith("finishes_during_grace")]
+    assert grace_span.end_time is not None
+    assert grace_span.end_time / 1e9 > waiting.created
+    assert grace_span.attributes is not None
+    assert grace_span.attributes["bgtask.outcome"] == "success"
+    # Shutdown waited the timeout (the blockers never end by themselves), not much more.
+    print(f"\nshutdown with 2 blocked slots took {shutdown_seconds:.3f}s")
+    assert SHUTDOWN_TIMEOUT <= shutdown_seconds < SHUTDOWN_TIMEOUT + 1.0
+
+
+def total_gauge(probe: Probe, name: str) -> float:
+    return sum(s.value for f in probe.registry.collect() for s in f.samples if s.name == name)
+
+
+def _name(func: str) -> str:
+    return f"{__name__}.{func}"
+
+
+# --- SIGTERM on a real uvicorn process ------------------------------------------------------
+REQUESTS = 100
+TASKS_PER_REQUEST = 10
+MAX_CONCURRENCY = 50
+
+
+@contextmanager
+def uvicorn_process(
+    app: str, tmp_path: Path, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path, Path]]:
+    """``python -m uvicorn app`` on 127.0.0.1; killed on exit if it is still running."""
+    port = free_port()
+    stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    clean_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OTEL_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    clean_env.update(env, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", LOOPBACK, "--port", str(port),
+             "--lifespan", "on", "--no-access-log", "--timeout-graceful-shutdown", "20"],
+            cwd=REPO, env=clean_env, stdout=out, stderr=err,
+        )  # fmt: skip
+    base_url = f"http://{LOOPBACK}:{port}"
+    try:
+        yield process, base_url, stdout, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def _ready(process: subprocess.Popen[bytes], base_url: str, stderr: Path) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"server exited early:\n{stderr.read_text()}")
+    try:
+        return httpx.get(base_url + "/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def _send_requests(base_url: str) -> list[int]:
+    limits = httpx.Limits(max_connections=20)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
+        responses = await asyncio.gather(*(client.post(f"/jobs/{n}") for n in range(REQUESTS)))
+    return [r.status_code for r in responses]
+
+
+def test_sigterm_with_1000_tasks_in_flight_exits_and_counts_every_task(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    env = {
+        "TASKLENS_TEST_SUMMARY": str(summary_path),
+        "TASKLENS_TEST_TASKS_PER_REQUEST": str(TASKS_PER_REQUEST),
+        "TASKLENS_TEST_SLOW_SECONDS": "5",
+        "TASKLENS_TEST_MAX_CONCURRENCY": str(MAX_CONCURRENCY),
+        "TASKLENS_TEST_SHUTDOWN_TIMEOUT": "1.0",
+    }
+    with uvicorn_process("tests.runtime.apps.detached_sigterm:app", tmp_path, env) as (
+        process, base_url, stdout, stderr,
+    ):  # fmt: skip
+        wait_for(lambda: _ready(process, base_url, stderr), 20, "server startup", 0.05)
+        started = time.perf_counter()
+        assert asyncio.run(_send_requests(base_url)) == [200] * REQUESTS
+        answered = time.perf_counter() - started
+
+        def settled() -> bool:
+            with httpx.Client(base_url=base_url, timeout=5) as client:
+                samples = scrape(client)
+            return (
+                total(samples, "bgtask_enqueued_total") == REQUESTS * TASKS_PER_REQUEST
+                and total(samples, "bgtask_in_progress") == MAX_CONCURRENCY
+                and total(samples, "bgtask_finished_total", outcome="success") == MAX_CONCURRENCY
+            )
+
+        # 50 batches hold the slots (their quick task done, a slow one running), 50 wait.
+        wait_for(settled, 10, "50 running batches", 0.05)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.perf_counter()
+        # uvicorn re-raises the signal it caught once its graceful shutdown is complete.
+        assert process.wait(30) == -signal.SIGTERM, stderr.read_text()
+        exit_seconds = time.perf_counter() - signalled
+
+    summary = json.loads(summary_path.read_text())
+    running, waiting = MAX_CONCURRENCY, REQUESTS - MAX_CONCURRENCY
+    expected = {
+        "success": running,  # the quick first task of each running batch
+        "cancelled": running,  # the slow task each running batch was in at the timeout
+        "abandoned": running * (TASKS_PER_REQUEST - 2) + waiting * TASKS_PER_REQUEST,
+    }
+    assert summary["enqueued"] == REQUESTS * TASKS_PER_REQUEST == 1000
+    assert {k: v for k, v in summary["finished"].items() if v} == expected
+    assert sum(summary["finished"].values()) == summary["enqueued"]
+
+    err = stderr.read_text()
+    assert "Application shutdown complete." in err
+    assert "waiting up to 1.0s for 50 running and 50 queued task batch(es)" in err
+    assert (
+        "tasklens: shutdown timeout reached, cancelling 50 running and abandoning 50 queued "
+        "task batch(es)" in err
+    )
+    assert "tasklens: detached tasks at shutdown: abandoned=900, cancelled=50, success=50" in err
+    out = _plain(stdout.read_text())
+    slow = "tests.runtime.apps.detached_sigterm.slow_job"
+    quick = "tests.runtime.apps.detached_sigterm.quick_job"
+    cancelled = re.findall(r"background task cancelled .*task=(\S+)", out)
+    abandoned = re.findall(r"background task abandoned .*task=(\S+)", out)
+    assert Counter(cancelled) == {slow: 50}
+    assert Counter(abandoned) == {slow: 50 * 8 + 50 * 9, quick: 50}
+    print(
+        f"\n{REQUESTS} requests x {TASKS_PER_REQUEST} tasks answered in {answered:.3f}s; "
+        f"SIGTERM to exit {exit_seconds:.3f}s (shutdown_timeout 1.0s)"
+    )
+    assert exit_seconds < 1.0 + 4.0
+
+
+def _plain(text: str) -> str:
+    """Console output without ANSI colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+logging.getLogger(__name__)
