@@ -26,3 +26,6 @@ class TaskObserver(Protocol):
 
     def threadpool_changed(self, borrowed: int, total: int) -> None:
         """Tokens of the runtime's thread-pool limiter changed."""
+
+    def loop_lag(self, seconds: float) -> None:
+        """The lag sampler's latest sample (``loop_lag_interval``); called on the event loop."""

@@ -31,7 +31,7 @@ from runtime.naming import TaskNamer
 from runtime.observer import TaskObserver
 from runtime.options import RuntimeOptions
 from runtime.record import TaskRecord
-from runtime.stepping import measure_steps
+from runtime.stepping import resume_steps
 from telemetry.contract import (
     OUTCOME_ABANDONED,
     OUTCOME_CANCELLED,
@@ -96,7 +96,10 @@ class TaskRunner:
             self,
         )
         for hook in self._on_enqueued:
-            _safe(hook, record)
+            try:  # inline rather than through _safe: this runs for every task
+                hook(record)
+            except Exception:
+                _observer_failed(hook)
         return record
 
     # --- run --------------------------------------------------------------------------
@@ -147,16 +150,30 @@ class TaskRunner:
         token = current_task_var.set(record)
         try:
             for hook in self._on_started:
-                _safe(hook, record)
+                try:
+                    hook(record)
+                except Exception:
+                    _observer_failed(hook)
             record.started_at = _perf()
             try:
                 result = record.func(*record.args, **record.kwargs)
                 if self._block_threshold is not None and isinstance(result, types.CoroutineType):
-                    longest = [0.0]
+                    # The first step runs here, as ``await`` would run it; only a task that
+                    # suspends pays for the step-measuring trampoline (resume_steps).
+                    step_start = _perf()
                     try:
-                        await measure_steps(result, longest)
-                    finally:
-                        record.loop_blocking = longest[0]
+                        yielded = result.send(None)
+                    except StopIteration:
+                        record.loop_blocking = _perf() - step_start
+                    except BaseException:
+                        record.loop_blocking = _perf() - step_start
+                        raise
+                    else:
+                        longest = [_perf() - step_start]
+                        try:
+                            await resume_steps(result, yielded, longest)
+                        finally:
+                            record.loop_blocking = longest[0]
                 else:
                     await result
             except Exception as exc:
@@ -222,7 +239,10 @@ class TaskRunner:
     def _run_sync_one(self, record: TaskRecord) -> BaseException | None:
         current_task_var.set(record)
         for hook in self._on_started:
-            _safe(hook, record)
+            try:
+                hook(record)
+            except Exception:
+                _observer_failed(hook)
         record.started_at = _perf()
         fatal: BaseException | None = None
         try:
@@ -242,7 +262,10 @@ class TaskRunner:
     def _finish(self, record: TaskRecord) -> None:
         record.finished_at = _perf()
         for hook in self._on_finished:
-            _safe(hook, record)
+            try:
+                hook(record)
+            except Exception:
+                _observer_failed(hook)
 
     def _finish_unstarted(self, records: Sequence[TaskRecord], outcome: str) -> None:
         for record in records:
@@ -313,4 +336,9 @@ def _safe(hook: Callable[..., None], *args: Any) -> None:
     try:
         hook(*args)
     except Exception:
-        _logger.exception("tasklens: observer %r failed", hook)
+        _observer_failed(hook)
+
+
+def _observer_failed(hook: Callable[..., None]) -> None:
+    """Log the exception being handled, raised by an observer hook (never into the task)."""
+    _logger.exception("tasklens: observer %r failed", hook)

@@ -47,3 +47,42 @@ def measure_steps(coro: Coroutine[Any, Any, Any], longest: list[float]) -> Gener
                 error = exc
     finally:
         longest[0] = peak
+
+
+@types.coroutine
+def resume_steps(
+    coro: Coroutine[Any, Any, Any], yielded: Any, longest: list[float]
+) -> Generator[Any, Any, Any]:
+    """:func:`measure_steps` for a coroutine whose first step the caller already ran: it
+    yielded ``yielded`` after ``longest[0]`` seconds. (The runner runs the first step itself,
+    so a task that never suspends costs no generator at all.)"""
+    peak = longest[0]
+    try:
+        while True:
+            try:
+                value = yield yielded
+                error = None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # delivered by the event loop (e.g. cancellation)
+                value = None
+                error = exc
+            start = perf_counter()
+            try:
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                step = perf_counter() - start
+                if step > peak:
+                    peak = step
+                return stop.value
+            except BaseException:
+                step = perf_counter() - start
+                if step > peak:
+                    peak = step
+                raise
+            step = perf_counter() - start
+            if step > peak:
+                peak = step
+    finally:
+        longest[0] = peak

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
-from collections.abc import Sequence
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -16,6 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from telemetry.metrics import TaskMetrics
 
 PROTOCOLS = ("http/protobuf", "grpc")
+_logger = logging.getLogger("tasklens.telemetry")
 
 
 def otlp_protocol(signal: str, explicit: str | None = None) -> str:
@@ -100,37 +105,102 @@ class CountingSpanExporter(SpanExporter):
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """A BatchSpanProcessor that counts the spans its full queue drops.
+    """A BatchSpanProcessor that counts every span it drops in ``bgtask_spans_dropped``.
 
-    The SDK's batch processor reports each drop (queue full, or already shut down) to its
-    processor metrics; those are wrapped so every reported drop also increments
-    ``bgtask_spans_dropped``. Should a future SDK lay its internals out differently, the
-    queue length is checked before each span is queued instead (a close estimate).
+    - Queue full (``OTEL_BSP_MAX_QUEUE_SIZE``; the collector is down or too slow): the span
+      that ends is dropped and counted. Spans are queued one at a time under a lock, so
+      the count is exact: the SDK alone checks "full" and appends without a lock, so two
+      threads ending spans at once could lose one uncounted, and its export thread taking
+      a batch between the two steps made it count a drop that did not happen. (The SDK
+      drops the oldest queued span instead; either way the queue stays bounded.)
+    - Export failed (collector answered with an error, or timed out): the batch's spans,
+      see :class:`CountingSpanExporter`.
+    - Ended after shutdown: as the SDK reports them.
+
+    Queue-full drops are logged once per :data:`DROP_LOG_INTERVAL` seconds with their
+    count (the SDK's own warning would be one per dropped span, deduplicated by the SDK).
+    Should a future SDK lay its batch processor out differently, its own drop reports are
+    counted instead.
     """
 
     def __init__(self, exporter: SpanExporter, metrics: TaskMetrics, **kwargs: Any) -> None:
         super().__init__(CountingSpanExporter(exporter, metrics), **kwargs)
         self._dropped = metrics.spans_dropped
-        self._enqueue_lock = threading.Lock()
-        batch = getattr(self, "_batch_processor", None)
-        reported = getattr(batch, "_metrics", None)
-        self._drops_reported = callable(getattr(reported, "drop_items", None))
-        if self._drops_reported:
-            batch._metrics = _DropCountingMetrics(reported, self._dropped)  # type: ignore[union-attr]
+        self._lock = threading.Lock()
+        self._drop_log = DropLog()
+        batch = self._batch_processor
+        self._queue = getattr(batch, "_queue", None)
+        self._limit = getattr(batch, "_max_queue_size", None)
+        self._sdk_metrics = getattr(batch, "_metrics", None)
+        if callable(getattr(self._sdk_metrics, "drop_items", None)):
+            batch._metrics = _DropCountingMetrics(self._sdk_metrics, self._dropped)
+        else:
+            self._sdk_metrics = None
+        self._guarded = isinstance(self._queue, deque) and isinstance(self._limit, int)
+        if hasattr(os, "register_at_fork"):
+            reinit = weakref.WeakMethod(self._reinit_lock)
+
+            def after_in_child() -> None:
+                method = reinit()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _reinit_lock(self) -> None:
+        self._lock = threading.Lock()  # a fork may copy it held by another thread
 
     def on_end(self, span: ReadableSpan) -> None:
-        # One span at a time: the SDK checks "queue full" and then appends without a lock,
-        # so two threads ending spans at once (event loop and thread pool) could both see
-        # room, and the deque would drop a span silently.
-        with self._enqueue_lock:
-            if not self._drops_reported:
-                batch = self._batch_processor
-                queue = getattr(batch, "_queue", None)
-                limit = getattr(batch, "_max_queue_size", 1 << 62)
-                full = queue is not None and len(queue) >= limit
-                if full and span.context is not None and span.context.trace_flags.sampled:
-                    self._dropped.inc()
+        if not (span.context and span.context.trace_flags.sampled):
+            return
+        if not self._guarded:
             super().on_end(span)
+            return
+        with self._lock:
+            # Only this lock's holder appends and the export thread only takes away, so a
+            # queue with room now still has room when the SDK appends.
+            full = len(self._queue) >= self._limit  # type: ignore[arg-type]
+            if not full or getattr(self._batch_processor, "_shutdown", False):
+                super().on_end(span)
+                return
+        self._dropped.inc()
+        if self._sdk_metrics is not None:
+            self._sdk_metrics.drop_items(1)  # the SDK's own processor metrics, if enabled
+        self._drop_log.dropped(self._limit)  # type: ignore[arg-type]
+
+
+#: Seconds between two "span export queue full" warnings.
+DROP_LOG_INTERVAL = 10.0
+
+
+class DropLog:
+    """Logs dropped spans at most once per ``interval`` seconds, with their count."""
+
+    def __init__(
+        self, interval: float = DROP_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._last: float | None = None
+
+    def dropped(self, queue_size: int, count: int = 1) -> None:
+        now = self._clock()
+        with self._lock:
+            self._pending += count
+            if self._last is not None and now - self._last < self.interval:
+                return
+            count, self._pending, self._last = self._pending, 0, now
+        _logger.warning(
+            "tasklens: span export queue full (OTEL_BSP_MAX_QUEUE_SIZE=%d), dropped %d "
+            "span(s) since the last warning: is the collector down or too slow? "
+            "(all drops are counted in bgtask_spans_dropped_total; next warning in %gs at "
+            "the earliest)",
+            queue_size,
+            count,
+            self.interval,
+        )
 
 
 class _DropCountingMetrics:

@@ -92,7 +92,11 @@ class _TaskChildren:
         self.enqueued = m.enqueued.labels(name)
         self.finished = {o: m.finished.labels(name, executor, o) for o in c.OUTCOMES}
         self.queue = m.queue_seconds.labels(name, executor)
-        self.duration = {o: m.duration_seconds.labels(name, executor, o) for o in c.OUTCOMES}
+        # success and failure up front; "cancelled" when it first happens (no NaN-only series).
+        self.duration = {
+            o: m.duration_seconds.labels(name, executor, o)
+            for o in (c.OUTCOME_SUCCESS, c.OUTCOME_FAILURE)
+        }
         self.in_progress = m.in_progress.labels(name, executor)
         self.wait = (
             m.threadpool_wait_seconds.labels(name) if executor == c.EXECUTOR_THREAD_POOL else None
@@ -137,7 +141,12 @@ class MetricsObserver:
             children.in_progress.dec()
             exemplar = self._exemplar() if self._exemplars else None
             children.queue.observe(task.queue_seconds, exemplar)
-            children.duration[outcome].observe(task.duration_seconds, exemplar)
+            duration = children.duration.get(outcome)
+            if duration is None:
+                duration = children.duration[outcome] = self.metrics.duration_seconds.labels(
+                    task.name, task.executor, outcome
+                )
+            duration.observe(task.duration_seconds, exemplar)
             if children.wait is not None and task.threadpool_wait is not None:
                 children.wait.observe(task.threadpool_wait)
             if children.blocking is not None and task.loop_blocking is not None:

@@ -182,6 +182,14 @@ def scrape(client: httpx.Client, path: str = "/metrics") -> Samples:
     return Samples.parse(response.text)
 
 
+def try_scrape(client: httpx.Client, path: str = "/metrics") -> Samples:
+    """Like :func:`scrape`; a connection error (a worker just died) gives no samples."""
+    try:
+        return scrape(client, path)
+    except httpx.TransportError:
+        return Samples({})
+
+
 # --- load ---------------------------------------------------------------------------------
 @dataclass
 class LoadResult:

@@ -129,6 +129,10 @@ class Probe:
 
         app.add_api_route(path, metrics, methods=["GET"], include_in_schema=False)
 
+    def samples(self) -> Samples:
+        """The registry's exposition, parsed (as a scrape of /metrics would be)."""
+        return parse_metrics(generate_latest(self.registry).decode())
+
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
 

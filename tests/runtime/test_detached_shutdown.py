@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -57,6 +58,25 @@ def queued_sync() -> None:
     raise AssertionError("must never run")
 
 
+RELEASE_SYNC = threading.Event()
+
+
+def sync_outlives_timeout() -> None:
+    """Running in a thread at the timeout: threads cannot be cancelled, so shutdown waits
+    for it to return (released by the test once the timeout is logged); it succeeds."""
+    assert RELEASE_SYNC.wait(10)
+
+
+def after_sync() -> None:
+    raise AssertionError("must never run: the batch was cancelled while its thread ran")
+
+
+class _ReleaseAtTimeout(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("tasklens: shutdown timeout reached"):
+            RELEASE_SYNC.set()
+
+
 def test_shutdown_waits_then_cancels_and_counts_every_task(
     probe: Probe, task_logs: list[dict[str, Any]]
 ) -> None:
@@ -64,6 +84,7 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
     batches = {
         "grace": [finishes_during_grace],
         "block-then-more": [blocker, after_blocker],
+        "sync": [sync_outlives_timeout, after_sync],
         "block": [blocker],
         "queued-async": [queued_async, queued_async],
         "queued-sync": [queued_sync],
@@ -79,40 +100,41 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
     runtime.instrument(
         app,
         mode="detached",
-        max_concurrency=2,
+        max_concurrency=3,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         observers=probe.observers(),
         metrics_path=None,
     )
+    RELEASE_SYNC.clear()
+    release = _ReleaseAtTimeout()
+    logging.getLogger("tasklens.runtime").addHandler(release)
     with captured("tasklens.runtime") as runtime_log, serve(app) as server:
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
             for name in batches:  # in order: the semaphore serves batches first come first
                 assert client.post(f"/batch/{name}").status_code == 200
             wait_for(
-                lambda: total(scrape(client), "bgtask_in_progress") == 2,
+                lambda: total(scrape(client), "bgtask_in_progress") == 3,
                 5,
-                "both slots busy",
+                "every slot busy",
             )
         started = time.perf_counter()
-        server.stop()
+        try:
+            server.stop()
+        finally:
+            logging.getLogger("tasklens.runtime").removeHandler(release)
+            RELEASE_SYNC.set()
         shutdown_seconds = time.perf_counter() - started
 
-    reg = probe.registry
-    enqueued = reg.get_sample_value("bgtask_enqueued_total", {"task": _name("blocker")})
-    assert enqueued == 2
-    finished = Counter[str]()
-    for family in reg.collect():
-        for sample in family.samples:
-            if sample.name == "bgtask_finished_total" and sample.value:
-                finished[sample.labels["outcome"]] += int(sample.value)
-    all_enqueued = sum(
-        s.value for f in reg.collect() for s in f.samples if s.name == "bgtask_enqueued_total"
-    )
-    assert all_enqueued == 7
-    assert finished == {"success": 1, "cancelled": 2, "abandoned": 4}
-    assert sum(finished.values()) == all_enqueued
-    assert total_gauge(probe, "bgtask_in_progress") == 0
-    assert total_gauge(probe, "bgtask_pending") == 0
+    samples = probe.samples()
+    finished = {
+        outcome: total(samples, "bgtask_finished_total", outcome=outcome)
+        for outcome in ("success", "failure", "skipped", "cancelled", "abandoned")
+    }
+    assert total(samples, "bgtask_enqueued_total") == 9
+    assert finished == {"success": 2, "failure": 0, "skipped": 0, "cancelled": 2, "abandoned": 5}
+    assert sum(finished.values()) == 9
+    assert total(samples, "bgtask_in_progress") == 0
+    assert total(samples, "bgtask_pending") == 0
 
     # Logged by name, once each.
     by_outcome: dict[str, list[str]] = {}
@@ -121,19 +143,19 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
             by_outcome.setdefault(event["outcome"], []).append(event["task"])
     assert sorted(by_outcome["cancelled"]) == [_name("blocker")] * 2
     assert sorted(by_outcome["abandoned"]) == sorted(
-        [_name("after_blocker"), _name("queued_async"), _name("queued_async"),
-         _name("queued_sync")]
+        [_name("after_blocker"), _name("after_sync"), _name("queued_async"),
+         _name("queued_async"), _name("queued_sync")]
     )  # fmt: skip
     messages = runtime_log.messages()
     assert (
-        "tasklens: shutdown, waiting up to 1.2s for 2 running and 3 queued task batch(es)"
+        "tasklens: shutdown, waiting up to 1.2s for 3 running and 3 queued task batch(es)"
         in messages
     )
     assert (
-        "tasklens: shutdown timeout reached, cancelling 2 running and abandoning 2 queued "
+        "tasklens: shutdown timeout reached, cancelling 3 running and abandoning 2 queued "
         "task batch(es)" in messages
     )
-    assert "tasklens: detached tasks at shutdown: abandoned=4, cancelled=2, success=1" in messages
+    assert "tasklens: detached tasks at shutdown: abandoned=5, cancelled=2, success=2" in messages
 
     # The task running at shutdown start finished inside the grace period, not cancelled.
     waiting = next(r for r in runtime_log.records if "waiting up to" in r.getMessage())
@@ -143,12 +165,8 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
     assert grace_span.attributes is not None
     assert grace_span.attributes["bgtask.outcome"] == "success"
     # Shutdown waited the timeout (the blockers never end by themselves), not much more.
-    print(f"\nshutdown with 2 blocked slots took {shutdown_seconds:.3f}s")
+    print(f"\nshutdown with 3 blocked slots took {shutdown_seconds:.3f}s")
     assert SHUTDOWN_TIMEOUT <= shutdown_seconds < SHUTDOWN_TIMEOUT + 1.0
-
-
-def total_gauge(probe: Probe, name: str) -> float:
-    return sum(s.value for f in probe.registry.collect() for s in f.samples if s.name == name)
 
 
 def _name(func: str) -> str:
@@ -275,6 +293,3 @@ def test_sigterm_with_1000_tasks_in_flight_exits_and_counts_every_task(tmp_path:
 def _plain(text: str) -> str:
     """Console output without ANSI colour codes."""
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
-
-
-logging.getLogger(__name__)

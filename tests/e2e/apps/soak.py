@@ -7,8 +7,8 @@ go through the ASGI app in-process (httpx ``ASGITransport``, which returns once 
 response's tasks ran); each schedules ``--tasks`` no-op tasks, the first half sync (one
 thread hand-off) and the second half async. Spans go through tasklens' counting batch
 processor to an exporter that counts and discards them. Prints one JSON line: task
-counts from /metrics, spans exported and dropped, and RSS (bytes) after warm-up and at
-every checkpoint.
+counts from /metrics, spans ended, exported and dropped, and RSS (bytes) after warm-up and
+at every checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import httpx
 from fastapi import BackgroundTasks, FastAPI
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -42,6 +42,18 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
+
+
+class EndedSpans(SpanProcessor):
+    """Counts every span that ended (what the batch processor was handed)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            self.count += 1
 
 
 class DiscardingExporter(SpanExporter):
@@ -121,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     provider.add_span_processor(
         CountingBatchSpanProcessor(exporter, TaskMetrics.for_registry(), max_queue_size=8192)
     )
+    ended = EndedSpans()
+    provider.add_span_processor(ended)
     trace.set_tracer_provider(provider)
     telemetry.setup(service_name="soak", span_logs=False)  # keeps the provider above
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -128,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(drive(app, args.requests, args.warmup, args.checkpoints))
     provider.force_flush()
     dropped = TaskMetrics.for_registry().spans_dropped._value.get()
-    result.update(spans_exported=exporter.count, spans_dropped=dropped)
+    result.update(spans_ended=ended.count, spans_exported=exporter.count, spans_dropped=dropped)
     print(json.dumps(result), flush=True)
     return 0
 
