@@ -19,9 +19,9 @@ Cases (the first column of every table row):
 from __future__ import annotations
 
 #: Task-cost variants, in table order.
-TASK_VARIANTS = ("plain", "otel", "tasklens", "tasklens-unsampled")
+TASK_VARIANTS = ("plain", "otel", "tasklens", "tasklens-unsampled", "tasklens-bare")
 #: End-to-end variants.
-E2E_VARIANTS = ("plain", "tasklens-inline", "tasklens-detached")
+E2E_VARIANTS = ("plain", "tasklens-inline", "tasklens-detached", "tasklens-unsampled")
 #: Memory variants (pending tasks) and retention scenarios (finished tasks).
 MEMORY_VARIANTS = ("plain", "tasklens")
 RETAINED_SCENARIOS = ("same-function", "distinct-partials")

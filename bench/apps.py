@@ -13,7 +13,9 @@ observes the tasks:
 - ``tasklens``: a Starlette app with ``runtime.instrument(app)`` (default options) after
   ``telemetry.setup()`` kept a global SDK provider (``ALWAYS_ON``, same processor): spans,
   Prometheus metrics and logs.
-- ``tasklens-unsampled``: the same with the sampler ``ALWAYS_OFF``.
+- ``tasklens-unsampled``: the same with the sampler ``ALWAYS_OFF`` (inline mode).
+- ``tasklens-bare``: ``runtime.instrument(app, observers=[])`` and no tracer provider: the
+  runtime's own cost (records, ordering, batching, isolation) without any telemetry.
 - ``tasklens-detached``: ``tasklens`` with ``mode="detached"`` (end-to-end case only).
 
 Starlette apps are used for tasklens so that FastAPI's native telemetry (on as soon as a
@@ -40,6 +42,7 @@ DESCRIPTIONS = {
     "otel": "FastAPI + FastAPIInstrumentor task spans (SDK provider, sampled)",
     "tasklens": "tasklens: spans + metrics + logs (SDK provider, sampled)",
     "tasklens-unsampled": "tasklens: metrics + logs, tracing sampled out (ALWAYS_OFF)",
+    "tasklens-bare": "tasklens runtime, no observers, no tracer provider",
     "tasklens-inline": "tasklens, mode=inline: spans + metrics + logs (sampled)",
     "tasklens-detached": "tasklens, mode=detached: spans + metrics + logs (sampled)",
 }
@@ -145,6 +148,12 @@ def build(name: str, routes: Sequence[Route] = ROUTES) -> Variant:
         )
         FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
         return Variant(name, app, provider, exporter)
+    if name == "tasklens-bare":
+        import runtime
+
+        app = Starlette(routes=list(routes))
+        runtime.instrument(app, observers=[])
+        return Variant(name, app, None, exporter)
     if name in ("tasklens", "tasklens-unsampled", "tasklens-inline", "tasklens-detached"):
         from opentelemetry import trace
 
@@ -217,9 +226,7 @@ class Lifespan:
 
     async def __aenter__(self) -> Lifespan:
         scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
-        self._task = asyncio.ensure_future(
-            self.app(scope, self._to_app.get, self._from_app.put)
-        )
+        self._task = asyncio.ensure_future(self.app(scope, self._to_app.get, self._from_app.put))
         await self._to_app.put({"type": "lifespan.startup"})
         message = await self._from_app.get()
         if message["type"] != "lifespan.startup.complete":

@@ -32,9 +32,7 @@ def _task_rows(kind: str, runs: dict[str, list[dict[str, Any]]]) -> list[dict[st
                 "variant": variant,
                 "description": DESCRIPTIONS[variant],
                 "us_per_task": best[variant],
-                "us_per_task_median_of_rounds": statistics.median(
-                    r["us_per_task"] for r in rounds
-                ),
+                "us_per_task_median_of_rounds": statistics.median(r["us_per_task"] for r in rounds),
                 "delta_us": best[variant] - plain,
                 "x_plain": _ratio(best[variant], plain),
                 "us_per_request_empty": min(r["us_per_request_empty"] for r in rounds),
@@ -208,8 +206,15 @@ def markdown(result: dict[str, Any]) -> str:
             "cost (routing, request span) is shown apart.",
             "",
             *_table(
-                ["case", "what", "µs/task", "Δ vs plain µs", "× plain", "spans/task",
-                 "µs/request (0 tasks)"],
+                [
+                    "case",
+                    "what",
+                    "µs/task",
+                    "Δ vs plain µs",
+                    "× plain",
+                    "spans/task",
+                    "µs/request (0 tasks)",
+                ],
                 [
                     [
                         f"{kind}.{v}",
@@ -222,7 +227,7 @@ def markdown(result: dict[str, Any]) -> str:
                     ]
                     for v in TASK_VARIANTS
                 ],
-            ),  # fmt: skip
+            ),
             "",
         ]
     out += [

@@ -17,6 +17,7 @@ import uvicorn
 
 from bench import apps
 
+
 def main() -> None:
     name = sys.argv[1]
     variant = apps.build(name)

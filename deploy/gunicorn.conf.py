@@ -27,7 +27,8 @@ if not (os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "").strip():
         "it when the workers start"
     )
 
-from telemetry import multiprocess  # noqa: E402  (after the environment check)
+# Imported after the check above (it imports prometheus_client, which reads the variable).
+from telemetry import multiprocess
 
 # uvicorn.workers is deprecated in favour of the uvicorn-worker package; use it if present.
 worker_class = (

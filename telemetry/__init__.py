@@ -1,5 +1,5 @@
 """tasklens telemetry: providers, exporters, metrics, spans and logs for the runtime."""
 
-from telemetry.setup import Telemetry, setup
+from telemetry.setup import Telemetry, flush, setup
 
-__all__ = ["Telemetry", "setup"]
+__all__ = ["Telemetry", "flush", "setup"]

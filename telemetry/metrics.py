@@ -116,6 +116,8 @@ class MetricsObserver:
         self._borrowed = self.metrics.threadpool_tokens.labels("borrowed")
         self._total = self.metrics.threadpool_tokens.labels("total")
         self._exemplars = not multiprocess_mode()
+        #: (trace id, its hex): the tasks of one request share a trace, format it once.
+        self._last_trace: tuple[int, str] = (0, "")
 
     def _children(self, task: TaskRecord) -> _TaskChildren:
         cache = task.identity.cache
@@ -166,9 +168,12 @@ class MetricsObserver:
     def loop_lag(self, seconds: float) -> None:
         self.metrics.event_loop_lag_seconds.observe(seconds)
 
-    @staticmethod
-    def _exemplar() -> dict[str, str] | None:
+    def _exemplar(self) -> dict[str, str] | None:
         ctx = trace.get_current_span().get_span_context()
         if not ctx.trace_flags.sampled:
             return None
-        return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+        trace_id = ctx.trace_id
+        last = self._last_trace
+        if last[0] != trace_id:
+            last = self._last_trace = (trace_id, format(trace_id, "032x"))
+        return {"trace_id": last[1], "span_id": format(ctx.span_id, "016x")}

@@ -15,8 +15,8 @@ when it is first imported). Two chores remain for the process manager:
 multiprocess mode (prometheus_client does not store them in the files): ``/metrics``
 and the OTLP export then carry none, and nothing fails.
 
-This module imports prometheus_client only inside its functions, so a gunicorn config
-file can import it before deciding the environment.
+Over OTLP, each worker exports its own values (its own ``service.instance.id``); the
+backend's ``sum`` adds them up. See docs/multi-worker.md.
 """
 
 from __future__ import annotations

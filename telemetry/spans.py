@@ -33,9 +33,12 @@ class SpanObserver:
     def enqueued(self, task: TaskRecord) -> None:
         span = trace.get_current_span(task.parent_context)
         if span.is_recording():
-            span.add_event(c.ENQUEUED_EVENT, {c.ATTR_NAME: task.name})
+            # The SDK copies event attributes: one dict per task name is enough.
+            span.add_event(c.ENQUEUED_EVENT, self._static(task)[2])
 
-    def _static(self, task: TaskRecord) -> tuple[str, dict[str, Any]]:
+    def _static(self, task: TaskRecord) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """Span name, start attributes and enqueue-event attributes of the task's callable,
+        built once per task name (cached on its identity)."""
         cached = task.identity.cache.get(self)
         if cached is None:
             identity = task.identity
@@ -47,11 +50,12 @@ class SpanObserver:
                     c.ATTR_CODE_FUNCTION: identity.code_function,
                     c.ATTR_CODE_NAMESPACE: identity.code_namespace,
                 },
+                {c.ATTR_NAME: identity.name},
             )
         return cached
 
     def _start(self, task: TaskRecord, start_time: int | None = None) -> trace.Span:
-        name, static = self._static(task)
+        name, static, _ = self._static(task)
         attributes = {**static, c.ATTR_INDEX: task.index, c.ATTR_BATCH_SIZE: task.batch_size}
         if self._record_args:
             args, kwargs = describe_args(task.args, task.kwargs, task.func)

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
+from tests.e2e.apps.failure_rule import fails
 from tests.e2e.reliability_support import (
     APP,
     PYTHON,
@@ -31,7 +32,7 @@ WORKERS = 4
 POOL = 3  # threadpool_size of each worker
 REQUESTS = 400
 TASKS = 2  # per request: sync_step (thread pool), async_step (event loop)
-FAIL_EVERY = 5  # task i of order n fails when (n * TASKS + i) % FAIL_EVERY == 0
+FAIL_EVERY = 5  # see tests/e2e/apps/failure_rule.py
 MODULE = "tests.e2e.apps.reliability_app"
 SYNC, ASYNC, HANG = f"{MODULE}.sync_step", f"{MODULE}.async_step", f"{MODULE}.hang"
 ERROR = f"{MODULE}.InventoryError"
@@ -43,7 +44,7 @@ def _expected() -> dict[tuple[str, str], int]:
     for order in range(REQUESTS):
         for index in range(TASKS):
             task = SYNC if index % 2 == 0 else ASYNC
-            failed = (order * TASKS + index) % FAIL_EVERY == 0
+            failed = fails(order, index, FAIL_EVERY)
             counts[task, "failure" if failed else "success"] += 1
     return counts
 

@@ -61,6 +61,9 @@ def serve(app: Any, **config: Any) -> Iterator[Server]:
     """Run ``app`` on a real uvicorn server (in a thread) for the duration of the block."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Inherited by accepted connections: without it, a keep-alive connection's responses wait
+    # ~40 ms for delayed ACKs (Nagle), which would swamp the latencies the tests measure.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((LOOPBACK, 0))
     port = sock.getsockname()[1]
     options: dict[str, Any] = {

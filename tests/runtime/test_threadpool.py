@@ -5,9 +5,11 @@ limiter (40 tokens) as ``def`` endpoints and sync dependencies. A burst of slow 
 then takes every token and a ``def`` endpoint waits behind the burst. tasklens gives sync
 tasks a limiter of their own (``threadpool_size``, default 16), so endpoints keep theirs.
 
-Sizes: 80 tasks of 0.5 s are two waves of the default limiter (40 tokens), so the plain app's
-``/health`` waits about a second (bounded, no need to shrink the default limiter), and five
-waves of tasklens' 16 tokens (2.5 s to drain).
+The 80 slow tasks block until the test releases them (at most 10 s), instead of sleeping a
+fixed time: the limiter stays saturated for exactly as long as the test needs, however long
+the burst of 80 requests takes on a loaded machine, and then drains at once. The plain
+app's ``/health`` is held ``HOLD`` seconds (the time the tasks hold every token) and must
+still be waiting then; tasklens' ``/health`` must answer while all 80 tasks still block.
 """
 
 from __future__ import annotations
@@ -25,34 +27,41 @@ from runtime.options import RuntimeOptions
 from tests.runtime.helpers import Probe, scrape, scrape_until, serve, value, wait_for
 
 TASKS = 80
-TASK_SECONDS = 0.5
+HOLD = 0.6  # how long the plain app's tasks keep every token while /health waits
 DEFAULT_LIMITER_TOKENS = 40  # anyio's default thread limiter, used by run_in_threadpool
 THREADPOOL_SIZE = RuntimeOptions().threadpool_size
 
 
 @dataclass
-class Concurrency:
+class Tasks:
+    """The slow sync tasks of one app, and when its /health ran."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started: int = 0
     running: int = 0
     peak: int = 0
     done: int = 0
-    first_start: float | None = None
-    health_ran: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    started_when_health_ran: int | None = None
+
+    def resize_image(self, n: int) -> None:
+        with self.lock:
+            self.started += 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            assert self.release.wait(10), "never released"
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.done += 1
 
 
-def build_app(concurrency: Concurrency) -> FastAPI:
+def build_app(tasks: Tasks) -> FastAPI:
     app = FastAPI()
 
     def resize_image(n: int) -> None:
-        with concurrency.lock:
-            if concurrency.first_start is None:
-                concurrency.first_start = time.perf_counter()
-            concurrency.running += 1
-            concurrency.peak = max(concurrency.peak, concurrency.running)
-        time.sleep(TASK_SECONDS)
-        with concurrency.lock:
-            concurrency.running -= 1
-            concurrency.done += 1
+        tasks.resize_image(n)
 
     @app.post("/images/{n}")
     async def upload(n: int, background_tasks: BackgroundTasks) -> dict[str, int]:
@@ -61,7 +70,8 @@ def build_app(concurrency: Concurrency) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, str]:  # sync: runs on the default thread limiter
-        concurrency.health_ran = time.perf_counter()
+        with tasks.lock:
+            tasks.started_when_health_ran = tasks.started
         return {"status": "ok"}
 
     return app
@@ -74,61 +84,90 @@ async def _burst(base_url: str) -> None:
     assert [r.status_code for r in responses] == [200] * TASKS
 
 
-def _health_latency(base_url: str) -> float:
-    with httpx.Client(base_url=base_url, timeout=10) as client:
-        start = time.perf_counter()
-        assert client.get("/health").status_code == 200
-        return time.perf_counter() - start
+class HealthProbe(threading.Thread):
+    """GET /health in a thread, timed (the client is made beforehand: that takes ~30 ms)."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(daemon=True)
+        self.client = httpx.Client(base_url=base_url, timeout=10)
+        self.seconds: float | None = None
+
+    def run(self) -> None:
+        with self.client:
+            start = time.perf_counter()
+            response = self.client.get("/health")
+            self.seconds = time.perf_counter() - start
+        assert response.status_code == 200
 
 
 def test_sync_endpoint_stays_responsive_while_sync_tasks_saturate(probe: Probe) -> None:
     # Plain FastAPI: tasks and the endpoint share the default limiter.
-    plain = Concurrency()
-    with serve(build_app(plain)) as server:
-        asyncio.run(_burst(server.base_url))
-        plain_latency = _health_latency(server.base_url)
-        wait_for(lambda: plain.done == TASKS, 10, "plain tasks to finish")
+    plain = Tasks()
+    try:
+        with serve(build_app(plain)) as server:
+            asyncio.run(_burst(server.base_url))
+            wait_for(lambda: plain.running == DEFAULT_LIMITER_TOKENS, 5, "40 tasks running")
+            health = HealthProbe(server.base_url)
+            health.start()
+            health.join(HOLD)
+            assert health.is_alive(), "/health answered while every token was taken"
+            plain.release.set()
+            health.join(10)
+            wait_for(lambda: plain.done == TASKS, 10, "plain tasks to finish")
+    finally:
+        plain.release.set()
+    plain_latency = health.seconds
+    assert plain_latency is not None
 
     # tasklens: tasks get a limiter of their own.
-    lens = Concurrency()
+    lens = Tasks()
     app = build_app(lens)
     probe.mount_metrics(app)
     runtime.instrument(app, observers=probe.observers(), metrics_path=None)
-    with serve(app) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
-        asyncio.run(_burst(server.base_url))
-        lens_latency = _health_latency(server.base_url)
-        saturated = scrape_until(
-            client,
-            lambda s: value(s, "bgtask_threadpool_tokens", state="borrowed") == THREADPOOL_SIZE,
-            5,
-            "every token borrowed",
-        )
-        assert value(saturated, "bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
-        wait_for(lambda: lens.done == TASKS, 10, "tasklens tasks to finish")
-        drained = scrape(client)
+    try:
+        with serve(app) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
+            asyncio.run(_burst(server.base_url))
+            saturated = scrape_until(
+                client,
+                lambda s: value(s, "bgtask_threadpool_tokens", state="borrowed") == THREADPOOL_SIZE,
+                5,
+                "every token borrowed",
+            )
+            wait_for(lambda: lens.running == THREADPOOL_SIZE, 5, "16 tasks running")
+            health = HealthProbe(server.base_url)
+            health.start()
+            health.join(10)
+            lens_latency = health.seconds
+            assert lens.done == 0  # answered while every task still blocked
+            lens.release.set()
+            wait_for(lambda: lens.done == TASKS, 10, "tasklens tasks to finish")
+            drained = scrape(client)
+    finally:
+        lens.release.set()
+    assert lens_latency is not None
 
     print(
-        f"\n/health during {TASKS} x {TASK_SECONDS}s sync tasks: plain {plain_latency:.4f}s, "
-        f"tasklens {lens_latency:.4f}s ({plain_latency / lens_latency:.0f}x)"
+        f"\n/health while {TASKS} sync tasks saturate: plain {plain_latency:.4f}s "
+        f"(tasks held every token {HOLD}s), tasklens {lens_latency:.4f}s"
     )
+    # Plain: /health waited for the tasks to give tokens back (the limiter is FIFO: for the
+    # 40 queued tasks too, but their threads may start in any order, so no exact count).
     assert plain.peak == DEFAULT_LIMITER_TOKENS
-    assert lens.peak == THREADPOOL_SIZE == 16
-    # Plain: the limiter is FIFO, so /health ran only once both waves of 40 had run.
-    assert plain.first_start is not None and plain.health_ran is not None
-    assert plain.health_ran - plain.first_start >= 2 * TASK_SECONDS
-    assert lens.first_start is not None and lens.health_ran is not None
-    assert lens.health_ran - lens.first_start < TASK_SECONDS
+    assert plain.started_when_health_ran is not None
+    assert plain.started_when_health_ran > DEFAULT_LIMITER_TOKENS
+    assert plain_latency >= HOLD
+    # tasklens: /health ran while only the 16 tasks holding tasklens' tokens had started.
+    assert lens.peak == lens.started_when_health_ran == THREADPOOL_SIZE == 16
     assert lens_latency < 0.5
     assert plain_latency >= 3 * lens_latency
+    assert value(saturated, "bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
     assert value(drained, "bgtask_threadpool_tokens", state="borrowed") == 0
     assert value(drained, "bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
     name = f"{__name__}.build_app.<locals>.resize_image"
     assert value(drained, "bgtask_finished_total", task=name, executor="thread_pool",
                  outcome="success") == TASKS  # fmt: skip
-    # Wave k of 16 tasks waited about k x 0.5 s for a slot: 16 x (0 + 0.5 + 1 + 1.5 + 2) = 80 s
-    # in all, less the spread of the burst's hand-offs, plus each wave's overhead (measured:
-    # 78-85 s). The bounds leave room for a slow machine, not for an unrecorded wait.
+    # Every task's wait for a slot is recorded; the 64 beyond the 16 tokens waited at least
+    # as long as /health took to answer.
     assert value(drained, "bgtask_threadpool_wait_seconds_count", task=name) == TASKS
-    wait_sum = value(drained, "bgtask_threadpool_wait_seconds_sum", task=name)
-    print(f"thread-pool wait of {TASKS} tasks: {wait_sum:.1f}s in all")
-    assert 60 < wait_sum < 100
+    waited = value(drained, "bgtask_threadpool_wait_seconds_sum", task=name)
+    assert waited >= (TASKS - THREADPOOL_SIZE) * lens_latency

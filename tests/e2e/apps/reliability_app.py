@@ -1,9 +1,9 @@
 """The app of the multi-worker and reliability end-to-end tests, configured by environment.
 
 ``POST /orders/{order}?tasks=K`` schedules K tasks, alternately sync (thread pool) and async
-(event loop). Task ``i`` of order ``n`` fails with :class:`InventoryError` when
-``RELIABILITY_FAIL_EVERY`` > 0 and ``(n * K + i) % RELIABILITY_FAIL_EVERY == 0`` (so the
-tests know exactly which tasks fail); every other task increments a side-effect counter.
+(event loop). A task fails with :class:`InventoryError` when
+``failure_rule.fails(order, index, RELIABILITY_FAIL_EVERY)`` (so the tests know exactly
+which tasks fail); every other task increments a side-effect counter.
 
 ``POST /hang`` schedules one sync task that blocks (up to 120 s) so a worker can be killed
 while its gauges are non-zero. ``GET /stats`` reports the process: pid, side effects,
@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 import runtime
 import telemetry
+from tests.e2e.apps.failure_rule import fails
 
 telemetry.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "reliability-e2e"))
 
@@ -45,7 +46,7 @@ class InventoryError(Exception):
 
 def _step(order: int, index: int, tasks: int) -> None:
     global _side_effects
-    if FAIL_EVERY and (order * tasks + index) % FAIL_EVERY == 0:
+    if fails(order, index, FAIL_EVERY):
         raise InventoryError(f"order {order} task {index}")
     with _lock:
         _side_effects += 1
