@@ -131,8 +131,11 @@ def _provider(sampled: bool, exporter: CountingExporter) -> TracerProvider:
     return provider
 
 
-def build(name: str, routes: Sequence[Route] = ROUTES) -> Variant:
-    """Build the app of variant ``name`` (call once per process)."""
+def build(
+    name: str, routes: Sequence[Route] = ROUTES, observers: Sequence[Any] | None = None
+) -> Variant:
+    """Build the app of variant ``name`` (call once per process); ``observers`` replaces
+    tasklens' default observers (profiling one observer at a time)."""
     exporter = CountingExporter()
     if name == "plain":
         return Variant(name, Starlette(routes=list(routes)), None, exporter)
@@ -165,7 +168,7 @@ def build(name: str, routes: Sequence[Route] = ROUTES) -> Variant:
         telemetry.setup(service_name="bench")  # keeps the provider set above
         app = Starlette(routes=list(routes))
         mode = "detached" if name == "tasklens-detached" else "inline"
-        runtime.instrument(app, mode=mode)
+        runtime.instrument(app, mode=mode, observers=observers)
         return Variant(name, app, provider, exporter)
     raise ValueError(f"unknown variant {name!r}")
 

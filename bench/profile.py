@@ -3,7 +3,9 @@
 Runs the same requests as ``bench.case_tasks`` (``mixed``: the end-to-end endpoint, two
 tasks per request) under pyinstrument (``pip install pyinstrument``), or cProfile with
 ``--cprofile``, and prints the profile. ``--hooks`` (tasklens variants) instead times each
-observer hook in place, unprofiled: µs per task spent in each of them. Not part of
+observer hook in place, unprofiled: µs per task spent in each of them. ``--observers
+spans,metrics,logs`` (or ``none``) runs tasklens with only those observers, and ``--slope``
+prints the unprofiled µs per task as ``bench.case_tasks`` measures it. Not part of
 ``python -m bench``: a tool to find where the time goes before changing the hot path.
 """
 
@@ -44,6 +46,21 @@ def _time_hooks(variant: apps.Variant) -> collections.Counter[str]:
     return spent
 
 
+def _observers(spec: str | None) -> list[Any] | None:
+    if spec is None:
+        return None
+    from telemetry.logs import LogObserver
+    from telemetry.metrics import MetricsObserver
+    from telemetry.spans import SpanObserver
+
+    make = {
+        "spans": lambda: SpanObserver(loop_block_threshold=0.1),
+        "metrics": MetricsObserver,
+        "logs": lambda: LogObserver(loop_block_threshold=0.1),
+    }
+    return [make[name]() for name in spec.split(",") if name != "none"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("variant")
@@ -53,14 +70,26 @@ def main() -> None:
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--hooks", action="store_true", help="time observer hooks in place")
     parser.add_argument("--interval", type=float, default=0.001)
+    parser.add_argument("--observers", help="tasklens variants: e.g. spans,metrics or none")
+    parser.add_argument("--slope", action="store_true", help="µs per task, unprofiled")
     args = parser.parse_args()
-    variant = apps.build(args.variant)
+    variant = apps.build(args.variant, observers=_observers(args.observers))
     path = "/" if args.kind == "mixed" else f"/{args.kind}/{args.tasks}"
 
     async def run() -> None:
         async with apps.Lifespan(variant.app) as lifespan:
             await _timed(variant, lifespan.state, path, max(1, args.requests // 4))  # warm-up
             tasks = args.requests * (2 if args.kind == "mixed" else args.tasks)
+            if args.slope:
+                if args.kind == "mixed":
+                    raise SystemExit("--slope needs async or sync")
+                empty = f"/{args.kind}/0"
+                full = min([await _timed(variant, lifespan.state, path, args.requests)
+                            for _ in range(5)])  # fmt: skip
+                base = min([await _timed(variant, lifespan.state, empty, args.requests)
+                            for _ in range(5)])  # fmt: skip
+                print(f"{(full - base) / tasks * 1e6:8.2f} µs per task (slope, best of 5)")
+                return
             if args.hooks:
                 spent = _time_hooks(variant)
                 seconds = await _timed(variant, lifespan.state, path, args.requests)

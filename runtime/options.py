@@ -25,9 +25,9 @@ class RuntimeOptions:
     #: "inline": tasks run inside the request's ASGI cycle, as in Starlette.
     #: "detached": the cycle ends when the response is sent; tasks run in the lifespan's group.
     mode: str = "inline"
-    #: Detached mode: tasks running at once.
+    #: Detached mode: response batches running at once (a response's tasks run in order, in one).
     max_concurrency: int = 100
-    #: Detached mode: seconds lifespan shutdown waits for running tasks before cancelling them.
+    #: Detached mode: seconds lifespan shutdown lets submitted batches run before cancelling them.
     shutdown_timeout: float = 30.0
     #: Threads for sync tasks (a limiter of their own, apart from sync endpoints).
     threadpool_size: int = 16

@@ -46,9 +46,9 @@ def report(line: str) -> None:
 
 # --- a. collector down / black-holed ------------------------------------------------------
 TASKS_PER_REQUEST = 10
-WARMUP_REQUESTS = 200
+WARMUP_REQUESTS = 400
 ROUND_REQUESTS = 300
-ROUNDS = 3
+ROUNDS = 4
 QUEUE_SIZE = 2048  # the SDK's defaults: the healthy run must keep up on a busy machine
 BATCH_SIZE = 512
 SICK_COLLECTOR_ENV = {

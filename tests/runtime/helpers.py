@@ -189,14 +189,14 @@ class ListHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
-        self._lock2 = threading.Lock()
+        self._records_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        with self._lock2:
+        with self._records_lock:
             self.records.append(record)
 
     def messages(self, level: int = logging.DEBUG) -> list[str]:
-        with self._lock2:
+        with self._records_lock:
             return [r.getMessage() for r in self.records if r.levelno >= level]
 
 

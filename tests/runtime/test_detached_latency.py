@@ -86,7 +86,7 @@ def _measure(mode: str, probe: Probe) -> Measured:
         }
     )
 
-    @app.get("/orders/{order_id}")
+    @app.post("/orders/{order_id}")
     async def create_order(order_id: int, background_tasks: BackgroundTasks) -> dict[str, int]:
         background_tasks.add_task(slow_task, order_id)
         return {"order_id": order_id}
@@ -105,7 +105,7 @@ def _measure(mode: str, probe: Probe) -> Measured:
         with serve(asgi) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
             for order_id in range(REQUESTS):  # one keep-alive connection
                 start = time.perf_counter()
-                assert client.get(f"/orders/{order_id}").status_code == 200
+                assert client.post(f"/orders/{order_id}").status_code == 200
                 client_seconds.append(time.perf_counter() - start)
             wait_for(
                 lambda: (

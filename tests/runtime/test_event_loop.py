@@ -139,6 +139,15 @@ def test_blocking_task_is_reported_and_lag_sampled(
     assert BLOCK_SECONDS <= event.attributes["bgtask.step_seconds"] < BLOCK_SECONDS + 0.1
     assert spans[f"bgtask {_name('well_behaved')}"].events == ()
 
+    print(
+        f"\nloop blocked by a {BLOCK_SECONDS}s sync call: step "
+        f"{event.attributes['bgtask.step_seconds']:.4f}s; polite task's longest step "
+        f"{value(samples, 'bgtask_loop_blocking_seconds_sum', **polite_task):.6f}s; "
+        f"{value(samples, f'{lag}_count'):.0f} lag samples at {LAG_INTERVAL}s, "
+        f"{value(samples, f'{lag}_count') - value(samples, f'{lag}_bucket', le='0.1'):.0f} "
+        "above 0.1s"
+    )
+
     # Logs: exactly one warning, naming the task.
     warnings = [e for e in task_logs if e["event"] == "background task blocked the event loop"]
     assert len(warnings) == 1
