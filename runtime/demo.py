@@ -101,7 +101,7 @@ def get_query(background_tasks: BackgroundTasks, q: str | None = None) -> str | 
 
 def create_app() -> FastAPI:
     """Build the demo app from environment settings (used by ``tasklens demo``)."""
-    handle = telemetry.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "tasklens-demo"))
+    telemetry.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "tasklens-demo"))
     fail_ratio = float(os.environ.get("TASKLENS_DEMO_FAIL_RATIO", "0.2"))
     self_traffic = os.environ.get("TASKLENS_DEMO_SELF_TRAFFIC", "") == "1"
 
@@ -111,9 +111,6 @@ def create_app() -> FastAPI:
         yield
         if task is not None:
             task.cancel()
-        # uvicorn re-raises SIGTERM after a graceful shutdown, so atexit hooks never run:
-        # flush spans and metrics here.
-        handle.shutdown()
 
     app = FastAPI(title="tasklens demo", lifespan=lifespan)
 

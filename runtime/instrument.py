@@ -58,8 +58,24 @@ def instrument(
         request_spans=parsed.request_spans,
     )
     app.router.lifespan_context = _with_runtime(app.router.lifespan_context, runner, app)
+    if parsed.metrics_path:
+        _exclude_from_fastapi_telemetry(app, parsed.metrics_path)
     setattr(app.state, _STATE_ATTR, runner)
     return runner
+
+
+def _exclude_from_fastapi_telemetry(app: Starlette, path: str) -> None:
+    """Keep scrapes of ``path`` out of FastAPI's native request spans (FastAPI >= 0.164 wraps
+    the whole app, outside any middleware); the user's own ``exclude`` still applies."""
+    config = getattr(app, "_telemetry", None)
+    if not isinstance(config, dict) or "exclude" not in config:
+        return
+    user_exclude = config["exclude"]
+
+    def exclude(scope: Any) -> bool:
+        return scope.get("path") == path or bool(user_exclude and user_exclude(scope))
+
+    config["exclude"] = exclude
 
 
 def _with_runtime(

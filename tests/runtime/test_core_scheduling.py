@@ -379,3 +379,19 @@ async def test_logs_inside_tasks_carry_trace_and_task_fields(spans, kit: Kit) ->
     assert structlog_events == [
         {"event": "x", "trace_id": trace_id, "span_id": span_id, "task": name}
     ]
+
+
+async def test_metrics_scrapes_are_not_traced(spans, kit: Kit) -> None:
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> str:
+        return "pong"
+
+    runtime.instrument(app, observers=kit.observers)
+    await _call(app, path="/metrics")
+    assert spans.get_finished_spans() == ()
+    await _call(app, path="/ping")
+    assert [s.kind for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER] == [
+        SpanKind.SERVER
+    ]
