@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from telemetry.contract import OUTCOME_ABANDONED
 
@@ -35,7 +36,6 @@ class DetachedExecutor:
         self._idle = anyio.Event()
         self._batches = 0
         self._running = 0
-        self._waiting: set[int] = set()
         self.accepting = False
         self.outcomes: Counter[str] = Counter()
 
@@ -52,6 +52,9 @@ class DetachedExecutor:
     async def _run(self, records: list[TaskRecord]) -> None:
         try:
             async with self._slots:
+                # A slot freed by the shutdown cancellation can be handed to a waiter before
+                # its own cancellation arrives: it must not start a task then.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 self._running += 1
                 try:
                     await self.runner.run_batch(records)
@@ -96,13 +99,14 @@ class DetachedExecutor:
             with anyio.move_on_after(self.shutdown_timeout):
                 await self._idle.wait()
             if self._batches:
+                running, queued = self._running, self._batches - self._running
+                self._group.cancel_scope.cancel()
                 _logger.warning(
                     "tasklens: shutdown timeout reached, cancelling %d running and "
                     "abandoning %d queued task batch(es)",
-                    self._running,
-                    self._batches - self._running,
+                    running,
+                    queued,
                 )
-                self._group.cancel_scope.cancel()
         result = await self._group.__aexit__(exc_type, exc, tb)
         if self.outcomes:
             _logger.info(

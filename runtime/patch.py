@@ -9,6 +9,7 @@ Starlette's plain behaviour. This covers every way of scheduling a task (FastAPI
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -84,14 +85,18 @@ async def _task_call(self: BackgroundTask) -> None:
 
 def _task_list_classes() -> list[type[BackgroundTasks]]:
     """Starlette's BackgroundTasks and subclasses with their own ``__call__`` (FastAPI >= 0.164
-    wraps each task in a ``fastapi.background_task`` span there: ours replaces it)."""
+    wraps each task in a ``fastapi.background_task`` span there: ours replaces it).
+
+    FastAPI's only once imported (a FastAPI app, or code using its BackgroundTasks, has
+    imported it by now): importing it for a Starlette app would load FastAPI and pydantic,
+    ~20k more objects for every full garbage collection to scan. Tasks of a FastAPI
+    BackgroundTasks whose class was imported later still run on the runtime, one by one
+    (through ``BackgroundTask.__call__``), and the next ``instrument()`` patches it."""
     classes: list[type[BackgroundTasks]] = [BackgroundTasks]
-    try:
-        from fastapi.background import BackgroundTasks as FastAPIBackgroundTasks
-    except ImportError:
-        return classes
-    if "__call__" in FastAPIBackgroundTasks.__dict__:
-        classes.append(FastAPIBackgroundTasks)
+    module = sys.modules.get("fastapi.background")
+    fastapi_tasks = getattr(module, "BackgroundTasks", None)
+    if isinstance(fastapi_tasks, type) and "__call__" in fastapi_tasks.__dict__:
+        classes.append(fastapi_tasks)
     return classes
 
 
