@@ -9,53 +9,15 @@ from typing import Any
 
 
 @types.coroutine
-def measure_steps(coro: Coroutine[Any, Any, Any], longest: list[float]) -> Generator[Any, Any, Any]:
-    """Await ``coro``; ``longest[0]`` ends up as its longest step (time between two awaits).
-
-    Each ``send``/``throw`` into the coroutine runs it until its next suspension, which is
-    exactly the time it held the event loop. Futures it yields are passed through unchanged.
-    """
-    value: Any = None
-    error: BaseException | None = None
-    peak = 0.0
-    try:
-        while True:
-            start = perf_counter()
-            try:
-                yielded = coro.send(value) if error is None else coro.throw(error)
-            except StopIteration as stop:
-                step = perf_counter() - start
-                if step > peak:
-                    peak = step
-                return stop.value
-            except BaseException:
-                step = perf_counter() - start
-                if step > peak:
-                    peak = step
-                raise
-            step = perf_counter() - start
-            if step > peak:
-                peak = step
-            try:
-                value = yield yielded
-                error = None
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # delivered by the event loop (e.g. cancellation)
-                value = None
-                error = exc
-    finally:
-        longest[0] = peak
-
-
-@types.coroutine
 def resume_steps(
     coro: Coroutine[Any, Any, Any], yielded: Any, longest: list[float]
 ) -> Generator[Any, Any, Any]:
-    """:func:`measure_steps` for a coroutine whose first step the caller already ran: it
-    yielded ``yielded`` after ``longest[0]`` seconds. (The runner runs the first step itself,
-    so a task that never suspends costs no generator at all.)"""
+    """Await the rest of ``coro``, whose first step the caller ran (it yielded ``yielded``
+    after ``longest[0]`` seconds); ``longest[0]`` ends up as its longest step.
+
+    Each ``send``/``throw`` into the coroutine runs it until its next suspension, which is
+    exactly the time it held the event loop; what it yields is passed through unchanged.
+    (The runner runs the first step itself, so a task that never suspends costs nothing.)"""
     peak = longest[0]
     try:
         while True:

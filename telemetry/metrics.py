@@ -8,6 +8,7 @@ cached on the task identity, so the hot path never looks labels up by string.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from typing import Any
 
 from opentelemetry import trace
@@ -19,6 +20,8 @@ from telemetry import contract as c
 from telemetry.multiprocess import prepare_directory
 
 _lock = threading.Lock()
+#: Seconds between two exemplars of the same histogram bucket (per task, outcome).
+EXEMPLAR_INTERVAL = 1.0
 _by_registry: dict[int, TaskMetrics] = {}
 
 
@@ -79,6 +82,7 @@ class _TaskChildren:
         "blocking",
         "duration",
         "enqueued",
+        "exemplar_at",
         "failures",
         "finished",
         "in_progress",
@@ -105,6 +109,9 @@ class _TaskChildren:
             m.loop_blocking_seconds.labels(name) if executor == c.EXECUTOR_EVENT_LOOP else None
         )
         self.failures: dict[str, Any] = {}
+        #: When each bucket last got an exemplar: key (outcome, bucket) for duration,
+        #: bucket for queue time.
+        self.exemplar_at: dict[object, float] = {}
 
 
 class MetricsObserver:
@@ -141,14 +148,19 @@ class MetricsObserver:
             self._pending.dec()
         else:
             children.in_progress.dec()
-            exemplar = self._exemplar() if self._exemplars else None
-            children.queue.observe(task.queue_seconds, exemplar)
+            queue_seconds, duration_seconds = task.queue_seconds, task.duration_seconds
+            queue_exemplar = duration_exemplar = None
+            if self._exemplars:
+                queue_exemplar, duration_exemplar = self._exemplars_for(
+                    children, outcome, queue_seconds, duration_seconds, task.finished_at or 0.0
+                )
+            children.queue.observe(queue_seconds, queue_exemplar)
             duration = children.duration.get(outcome)
             if duration is None:
                 duration = children.duration[outcome] = self.metrics.duration_seconds.labels(
                     task.name, task.executor, outcome
                 )
-            duration.observe(task.duration_seconds, exemplar)
+            duration.observe(duration_seconds, duration_exemplar)
             if children.wait is not None and task.threadpool_wait is not None:
                 children.wait.observe(task.threadpool_wait)
             if children.blocking is not None and task.loop_blocking is not None:
@@ -167,6 +179,36 @@ class MetricsObserver:
 
     def loop_lag(self, seconds: float) -> None:
         self.metrics.event_loop_lag_seconds.observe(seconds)
+
+    def _exemplars_for(
+        self,
+        children: _TaskChildren,
+        outcome: str,
+        queue_seconds: float,
+        duration_seconds: float,
+        now: float,
+    ) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+        """Exemplars for the queue and duration observations of a finished task.
+
+        Prometheus keeps one exemplar per bucket and scrape, so a bucket that got one less
+        than :data:`EXEMPLAR_INTERVAL` ago gets none: a slow outlier always carries its trace,
+        the thousandth fast task of the second does not pay ~9 µs of exemplar validation.
+        """
+        stamps = children.exemplar_at
+        queue_key = bisect_left(c.DURATION_BUCKETS, queue_seconds)
+        duration_key = (outcome, bisect_left(c.DURATION_BUCKETS, duration_seconds))
+        queue_due = now - stamps.get(queue_key, -EXEMPLAR_INTERVAL) >= EXEMPLAR_INTERVAL
+        duration_due = now - stamps.get(duration_key, -EXEMPLAR_INTERVAL) >= EXEMPLAR_INTERVAL
+        if not (queue_due or duration_due):
+            return None, None
+        exemplar = self._exemplar()
+        if exemplar is None:
+            return None, None
+        if queue_due:
+            stamps[queue_key] = now
+        if duration_due:
+            stamps[duration_key] = now
+        return (exemplar if queue_due else None), (exemplar if duration_due else None)
 
     def _exemplar(self) -> dict[str, str] | None:
         ctx = trace.get_current_span().get_span_context()
