@@ -7,6 +7,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from runtime.record import TaskRecord
@@ -26,9 +27,27 @@ class SpanObserver:
         record_args: bool = False,
         loop_block_threshold: float | None = None,
     ) -> None:
+        self._provider = tracer_provider
         self._tracer = trace.get_tracer("tasklens", tracer_provider=tracer_provider)
         self._record_args = record_args
         self._block_threshold = loop_block_threshold
+        self._policy_of: tuple[object, str | None] = (None, None)
+
+    def _dropped(self, parent: Context | None) -> bool:
+        """True when the provider's sampler is known to drop this task's span: an unsampled
+        trace is never exported, so its task needs no span object at all (the request's
+        span stays current for log correlation)."""
+        provider = self._provider or trace.get_tracer_provider()
+        owner, policy = self._policy_of
+        if owner is not provider:
+            policy = _drop_policy(getattr(provider, "sampler", None))
+            self._policy_of = (provider, policy)
+        if policy is None:
+            return False
+        if policy == "always":
+            return True
+        ctx = trace.get_current_span(parent).get_span_context()
+        return ctx.is_valid and not ctx.trace_flags.sampled
 
     def enqueued(self, task: TaskRecord) -> None:
         span = trace.get_current_span(task.parent_context)
@@ -66,13 +85,18 @@ class SpanObserver:
         )
 
     def started(self, task: TaskRecord) -> None:
+        if self._dropped(task.parent_context):
+            return
         span = self._start(task)
         token = otel_context.attach(trace.set_span_in_context(span, task.parent_context))
         task.observer_state[self] = (span, token)
 
     def finished(self, task: TaskRecord) -> None:
         state = task.observer_state.pop(self, None)
-        if state is None:  # never started (skipped, abandoned): a zero-length span says so
+        if state is None:
+            if self._dropped(task.parent_context):
+                return
+            # Never started (skipped, abandoned): a span from enqueue to now says so.
             span, token = self._start(task, start_time=task.enqueued_ns), None
         else:
             span, token = state
@@ -104,3 +128,21 @@ class SpanObserver:
             and blocking > self._block_threshold
         ):
             span.add_event(c.LOOP_BLOCKED_EVENT, {"bgtask.step_seconds": blocking})
+
+
+def _drop_policy(sampler: object) -> str | None:
+    """"always" (AlwaysOff), "unsampled-parent" (ParentBased dropping children of unsampled
+    parents, the SDK default), or None: ask the sampler."""
+    describe = getattr(sampler, "get_description", None)
+    if describe is None:
+        return None
+    description = describe()
+    if description == "AlwaysOffSampler":
+        return "always"
+    if (
+        description.startswith("ParentBased{")
+        and "remoteParentNotSampled:AlwaysOffSampler" in description
+        and "localParentNotSampled:AlwaysOffSampler" in description
+    ):
+        return "unsampled-parent"
+    return None

@@ -395,3 +395,28 @@ async def test_metrics_scrapes_are_not_traced(spans, kit: Kit) -> None:
     assert [s.kind for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER] == [
         SpanKind.SERVER
     ]
+
+
+async def test_unsampled_trace_makes_no_task_span_but_counts_and_correlates(
+    spans, kit: Kit
+) -> None:
+    install_record_factory()
+    seen: list[tuple[str, str]] = []
+
+    def traced_task() -> None:
+        record = logging.getLogRecordFactory()("t", logging.INFO, __file__, 1, "m", (), None)
+        seen.append((record.trace_id, record.task))  # type: ignore[attr-defined]
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def endpoint(background_tasks: BackgroundTasks) -> str:
+        background_tasks.add_task(traced_task)
+        return "ok"
+
+    runtime.instrument(app, observers=kit.observers)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    await _call(app, headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"})
+    assert spans.get_finished_spans() == ()  # parent-based sampling: nothing to export
+    assert kit.value("bgtask_finished_total", outcome="success") == 1
+    assert seen == [(trace_id, "tests.runtime.test_core_scheduling." + traced_task.__qualname__)]
