@@ -61,7 +61,7 @@ class DetachedExecutor:
                 finally:
                     self._running -= 1
         except anyio.get_cancelled_exc_class() as exc:
-            self.runner.abandon(records, reason="shutdown")
+            self.runner.abandon(records)
             if self._group.cancel_scope.cancel_called:
                 raise
             # A task raised CancelledError itself: recorded as cancelled; re-raising it here

@@ -273,7 +273,7 @@ class TaskRunner:
                 record.outcome = outcome
                 self._finish(record)
 
-    def abandon(self, records: Sequence[TaskRecord], reason: str) -> None:
+    def abandon(self, records: Sequence[TaskRecord]) -> None:
         """Finish never-started tasks as ``abandoned`` (each is counted and logged)."""
         for record in records:
             record.claimed = True

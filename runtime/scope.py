@@ -31,4 +31,4 @@ class RequestScope:
         """Finish every task of this request that nothing claimed to run."""
         leftovers = [r for r in self.records if not r.claimed]
         if leftovers:
-            self.runner.abandon(leftovers, reason="its response was never sent")
+            self.runner.abandon(leftovers)
