@@ -29,6 +29,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest

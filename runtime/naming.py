@@ -51,8 +51,8 @@ def _unwrap(func: Callable[..., Any]) -> tuple[object, str, str, str]:
         func = func.__func__
     code = getattr(func, "__code__", None)
     if isinstance(func, (types.FunctionType, types.BuiltinFunctionType)) or code is not None:
-        module = getattr(func, "__module__", None) or "builtins"
-        qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+        module = str(getattr(func, "__module__", None) or "builtins")
+        qualname = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", func))
         name = f"{module}.{qualname}"
         if code is not None and getattr(func, "__name__", "") == "<lambda>":
             name = f"{name}:{code.co_firstlineno}"

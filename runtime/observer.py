@@ -8,24 +8,32 @@ Tasks that never start (skipped, abandoned) get ``finished`` only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from runtime.record import TaskRecord
 
 
-class TaskObserver(Protocol):
+class TaskObserver:
+    """Base of lifecycle observers: override the hooks you need; the runner calls only
+    overridden ones (hooks must not raise: an exception is logged and ignored)."""
+
     def enqueued(self, task: TaskRecord) -> None:
         """The task was added to a response (``add_task`` / ``BackgroundTask(...)``)."""
+        return None
 
     def started(self, task: TaskRecord) -> None:
         """The task's function is about to run."""
+        return None
 
     def finished(self, task: TaskRecord) -> None:
         """The task reached ``task.outcome`` (``task.error`` is set on failure)."""
+        return None
 
     def threadpool_changed(self, borrowed: int, total: int) -> None:
         """Tokens of the runtime's thread-pool limiter changed."""
+        return None
 
     def loop_lag(self, seconds: float) -> None:
         """The lag sampler's latest sample (``loop_lag_interval``); called on the event loop."""
+        return None

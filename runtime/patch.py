@@ -31,8 +31,8 @@ def _task_init(self: BackgroundTask, func: Callable[..., Any], *args: Any, **kwa
         return
     record = scope.runner.enqueue(func, args, kwargs, scope.context)
     self.func = func
-    self.args = args
-    self.kwargs = kwargs
+    self.args = args  # type: ignore[assignment]
+    self.kwargs = kwargs  # type: ignore[assignment]
     self.is_async = record.is_async
     setattr(self, _RECORD_ATTR, record)
     scope.records.append(record)
@@ -106,7 +106,7 @@ def install() -> None:
     BackgroundTask.__init__ = _task_init  # type: ignore[method-assign]
     for cls in _task_list_classes():
         if not getattr(cls.__dict__.get("__call__"), "_tasklens", False):
-            cls.__call__ = _tasks_call_for(cls.__dict__["__call__"])  # type: ignore[method-assign]
+            cls.__call__ = _tasks_call_for(cls.__dict__["__call__"])  # type: ignore[method-assign, assignment]
     current = BackgroundTask.__call__
     if current is not _task_call:
         # Keep whatever was there (OpenTelemetry's FastAPI instrumentor wraps it in a span)

@@ -328,7 +328,14 @@ class TaskRunner:
 
 
 def _hooks(observers: Sequence[TaskObserver], name: str) -> tuple[Callable[..., None], ...]:
-    return tuple(hook for hook in (getattr(o, name, None) for o in observers) if hook is not None)
+    """The observers' ``name`` hooks, leaving out the base class's no-ops (and duck-typed
+    observers' missing ones), so a task pays only for hooks that do something."""
+    base = getattr(TaskObserver, name)
+    return tuple(
+        getattr(o, name)
+        for o in observers
+        if getattr(type(o), name, None) not in (None, base)
+    )
 
 
 def _safe(hook: Callable[..., None], *args: Any) -> None:

@@ -34,6 +34,7 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 
 MetricType = Literal["counter", "histogram", "gauge"]
+MultiprocessMode = Literal["livesum", "liveall", "livemax", "livemin", "sum", "all", "max", "min"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class MetricSpec:
     type: MetricType
     labels: tuple[str, ...]
     help: str
-    multiprocess_mode: str = "livesum"
+    multiprocess_mode: MultiprocessMode = "livesum"
 
     @property
     def sample_name(self) -> str:

@@ -159,7 +159,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         with self._lock:
             # Only this lock's holder appends and the export thread only takes away, so a
             # queue with room now still has room when the SDK appends.
-            full = len(self._queue) >= self._limit  # type: ignore[arg-type]
+            full = len(self._queue) >= self._limit  # type: ignore[arg-type, operator]
             if not full or getattr(self._batch_processor, "_shutdown", False):
                 super().on_end(span)
                 return

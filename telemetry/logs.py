@@ -17,6 +17,7 @@ import structlog
 from opentelemetry import trace
 
 from runtime.context import current_task
+from runtime.observer import TaskObserver
 from runtime.record import TaskRecord
 from telemetry import contract as c
 from telemetry.redact import describe_args
@@ -129,7 +130,7 @@ def _identity(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
-class LogObserver:
+class LogObserver(TaskObserver):
     """Logs each failure once (error level, traceback, task fields), and every cancelled,
     abandoned or loop-blocking task by name."""
 

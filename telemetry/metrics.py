@@ -15,6 +15,7 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import values as prometheus_values
 
+from runtime.observer import TaskObserver
 from runtime.record import TaskRecord
 from telemetry import contract as c
 from telemetry.multiprocess import prepare_directory
@@ -114,7 +115,7 @@ class _TaskChildren:
         self.exemplar_at: dict[object, float] = {}
 
 
-class MetricsObserver:
+class MetricsObserver(TaskObserver):
     """Records enqueue, start and finish of every task in the contract's metrics."""
 
     def __init__(self, metrics: TaskMetrics | None = None) -> None:

@@ -46,7 +46,7 @@ def _exemplars(sample: Sample) -> list[Exemplar]:
         Exemplar(
             filtered_attributes={},
             value=ex.value,
-            time_unix_nano=int((ex.timestamp or time.time()) * 1e9),
+            time_unix_nano=int(float(ex.timestamp or time.time()) * 1e9),
             span_id=int(ex.labels.get("span_id", "0"), 16),
             trace_id=int(ex.labels["trace_id"], 16),
         )

@@ -10,6 +10,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
+from runtime.observer import TaskObserver
 from runtime.record import TaskRecord
 from telemetry import contract as c
 from telemetry.redact import describe_args
@@ -17,7 +18,7 @@ from telemetry.redact import describe_args
 _INTERNAL = SpanKind.INTERNAL
 
 
-class SpanObserver:
+class SpanObserver(TaskObserver):
     """Starts the task span when the function starts and makes it current for the task's
     duration (so logs and user spans nest under it); ends it with outcome and timings."""
 
