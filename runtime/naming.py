@@ -43,21 +43,41 @@ class TaskIdentity:
         return f"<TaskIdentity {self.name} {self.executor}>"
 
 
-def _unwrap(func: Callable[..., Any]) -> tuple[object, str, str, str]:
-    """Return (cache key, name, code.function, code.namespace) of a callable."""
+def _target(func: Callable[..., Any]) -> Any:
+    """What a task really calls: partials and bound methods stripped."""
     while isinstance(func, functools.partial):
         func = func.func
     if isinstance(func, types.MethodType):
         func = func.__func__
-    code = getattr(func, "__code__", None)
-    if isinstance(func, (types.FunctionType, types.BuiltinFunctionType)) or code is not None:
-        module = str(getattr(func, "__module__", None) or "builtins")
-        qualname = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", func))
+    return func
+
+
+def _is_function(target: object) -> bool:
+    return isinstance(target, (types.FunctionType, types.BuiltinFunctionType)) or hasattr(
+        target, "__code__"
+    )
+
+
+def _cache_key(target: Any) -> object:
+    """The identity cache key of an unwrapped callable (see :func:`_code_key`)."""
+    code = getattr(target, "__code__", None)
+    if code is not None:
+        return _code_key(target, code)
+    return target if _is_function(target) else type(target)
+
+
+def _unwrap(func: Callable[..., Any]) -> tuple[object, str, str, str]:
+    """Return (cache key, name, code.function, code.namespace) of a callable."""
+    target = _target(func)
+    if _is_function(target):
+        module = str(getattr(target, "__module__", None) or "builtins")
+        qualname = str(getattr(target, "__qualname__", None) or getattr(target, "__name__", target))
         name = f"{module}.{qualname}"
-        if code is not None and getattr(func, "__name__", "") == "<lambda>":
+        code = getattr(target, "__code__", None)
+        if code is not None and getattr(target, "__name__", "") == "<lambda>":
             name = f"{name}:{code.co_firstlineno}"
-        return (_code_key(func, code) if code is not None else func), name, qualname, module
-    cls = type(func)
+        return _cache_key(target), name, qualname, module
+    cls = type(target)
     return (
         cls,
         f"{cls.__module__}.{cls.__qualname__}",
@@ -80,7 +100,9 @@ class TaskNamer:
     def identify(self, func: Callable[..., Any]) -> TaskIdentity:
         """The identity of ``func``; for plain functions a few attribute reads and a dict hit."""
         code = getattr(func, "__code__", None)
-        hit = self._by_key.get(_code_key(func, code) if code is not None else _cache_key(func))
+        hit = self._by_key.get(
+            _code_key(func, code) if code is not None else _cache_key(_target(func))
+        )
         return hit if hit is not None else self._new_identity(func)
 
     def _new_identity(self, func: Callable[..., Any]) -> TaskIdentity:
@@ -116,15 +138,3 @@ def _code_key(func: object, code: object) -> object:
     plus module and qualname, which ``functools.wraps`` copies: functions decorated by the
     same decorator share the wrapper's code and must not share a name."""
     return code, getattr(func, "__module__", None), getattr(func, "__qualname__", None)
-
-
-def _cache_key(func: Callable[..., Any]) -> object:
-    """The same key as :func:`_unwrap`, without building names."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    if isinstance(func, types.MethodType):
-        func = func.__func__
-    code = getattr(func, "__code__", None)
-    if code is not None:
-        return _code_key(func, code)
-    return func if isinstance(func, (types.FunctionType, types.BuiltinFunctionType)) else type(func)

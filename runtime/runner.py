@@ -95,11 +95,7 @@ class TaskRunner:
             parent if parent is not None else otel_context.get_current(),
             self,
         )
-        for hook in self._on_enqueued:
-            try:  # inline rather than through _safe: this runs for every task
-                hook(record)
-            except Exception:
-                _observer_failed(hook)
+        _notify(self._on_enqueued, record)
         return record
 
     # --- run --------------------------------------------------------------------------
@@ -149,11 +145,7 @@ class TaskRunner:
     async def _run_async(self, record: TaskRecord) -> None:
         token = current_task_var.set(record)
         try:
-            for hook in self._on_started:
-                try:
-                    hook(record)
-                except Exception:
-                    _observer_failed(hook)
+            _notify(self._on_started, record)
             record.started_at = _perf()
             try:
                 result = record.func(*record.args, **record.kwargs)
@@ -238,11 +230,7 @@ class TaskRunner:
 
     def _run_sync_one(self, record: TaskRecord) -> BaseException | None:
         current_task_var.set(record)
-        for hook in self._on_started:
-            try:
-                hook(record)
-            except Exception:
-                _observer_failed(hook)
+        _notify(self._on_started, record)
         record.started_at = _perf()
         fatal: BaseException | None = None
         try:
@@ -261,11 +249,7 @@ class TaskRunner:
     # --- finish -----------------------------------------------------------------------
     def _finish(self, record: TaskRecord) -> None:
         record.finished_at = _perf()
-        for hook in self._on_finished:
-            try:
-                hook(record)
-            except Exception:
-                _observer_failed(hook)
+        _notify(self._on_finished, record)
 
     def _finish_unstarted(self, records: Sequence[TaskRecord], outcome: str) -> None:
         for record in records:
@@ -287,16 +271,7 @@ class TaskRunner:
 
     def _report_threadpool(self, limiter: anyio.CapacityLimiter) -> None:
         if self._on_threadpool:
-            borrowed, total = limiter.borrowed_tokens, int(limiter.total_tokens)
-            for hook in self._on_threadpool:
-                _safe(hook, borrowed, total)
-
-    def threadpool_statistics(self) -> tuple[int, int]:
-        """(borrowed, total) tokens of the runtime's thread-pool limiter."""
-        limiter = self._limiter
-        if limiter is None:
-            return 0, self.options.threadpool_size
-        return limiter.borrowed_tokens, int(limiter.total_tokens)
+            _notify(self._on_threadpool, limiter.borrowed_tokens, int(limiter.total_tokens))
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -306,10 +281,10 @@ class TaskRunner:
         async with anyio.create_task_group() as group:
             sampler = None
             if self.options.loop_lag_interval is not None and self._on_loop_lag:
-                # Each sink through _safe: an observer bug must not end the sampler, whose
-                # failure would cancel this task group (and every detached task with it).
-                sinks = [functools.partial(_safe, hook) for hook in self._on_loop_lag]
-                sampler = LoopLagSampler(self.options.loop_lag_interval, sinks)
+                # Through _notify: an observer bug must not end the sampler, whose failure
+                # would cancel this task group (and every detached task with it).
+                sink = functools.partial(_notify, self._on_loop_lag)
+                sampler = LoopLagSampler(self.options.loop_lag_interval, [sink])
                 group.start_soon(sampler.run)
             try:
                 if self.options.mode == "detached":
@@ -338,14 +313,10 @@ def _hooks(observers: Sequence[TaskObserver], name: str) -> tuple[Callable[..., 
     )
 
 
-def _safe(hook: Callable[..., None], *args: Any) -> None:
-    """Call an observer hook; an observer bug is logged, never raised into the task."""
-    try:
-        hook(*args)
-    except Exception:
-        _observer_failed(hook)
-
-
-def _observer_failed(hook: Callable[..., None]) -> None:
-    """Log the exception being handled, raised by an observer hook (never into the task)."""
-    _logger.exception("tasklens: observer %r failed", hook)
+def _notify(hooks: Sequence[Callable[..., None]], *args: Any) -> None:
+    """Call observer hooks; an observer bug is logged, never raised into the task."""
+    for hook in hooks:
+        try:
+            hook(*args)
+        except Exception:
+            _logger.exception("tasklens: observer %r failed", hook)

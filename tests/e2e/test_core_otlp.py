@@ -4,50 +4,36 @@ OTLP receiver (HTTP/protobuf and gRPC), and /metrics parsed with prometheus_clie
 from __future__ import annotations
 
 import secrets
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.metrics import Samples
+from tests.support.net import free_port
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
-from tests.support.server import uvicorn_server
+from tests.support.polling import wait_for
+from tests.support.server import ServerProcess, clean_env
 
 REQUESTS = 50
 APP = "tests.e2e.apps.core_app:app"
 FAILING = {n for n in range(REQUESTS) if n % 3 == 0}  # notify() fails for these orders
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def _sum(samples: dict, name: str, **labels: str) -> float:
-    return sum(
-        v
-        for (n, lab), v in samples.items()
-        if n == name and all(dict(lab).get(k) == val for k, val in labels.items())
-    )
-
-
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol: str) -> None:
     with OTLPReceiver() as rx:
         endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
-        env = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "OTEL_METRIC_EXPORT_INTERVAL": "500",
-        }
-        with uvicorn_server(APP, tmp_path / "server.log", env) as server:
+        env = clean_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_METRIC_EXPORT_INTERVAL="500",
+        )
+        with ServerProcess.uvicorn(APP, env, tmp_path / "server.log", free_port()) as server:
+            server.wait_ready("/health")
             parents: dict[str, str] = {}
-            with httpx.Client(base_url=server.url, timeout=10) as client:
+            with httpx.Client(base_url=server.base_url, timeout=10) as client:
                 for order in range(REQUESTS):
                     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
                     parents[trace_id] = parent_id
@@ -58,10 +44,11 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
                     assert response.status_code == 200
                 # Every non-failing task ran; the last response's tasks may still be running.
                 expected_effects = REQUESTS + (REQUESTS - len(FAILING))
-                deadline = time.monotonic() + 10
-                while client.get("/side-effects").json()["count"] < expected_effects:
-                    assert time.monotonic() < deadline, "tasks did not all run"
-                    time.sleep(0.05)
+                wait_for(
+                    lambda: client.get("/side-effects").json()["count"] >= expected_effects,
+                    10,
+                    "every task to run",
+                )
                 assert client.get("/side-effects").json() == {"count": expected_effects}
                 metrics_text = client.get("/metrics").text
                 openmetrics = client.get(
@@ -74,6 +61,7 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
 
             spans = rx.wait_for(task_spans, timeout=20)
             all_spans = rx.spans()
+
             def latest_finished(r: OTLPReceiver) -> dict:
                 # Cumulative points: the latest value of each series is the total.
                 latest = {}
@@ -83,7 +71,7 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
                 return latest if sum(latest.values()) >= 2 * REQUESTS else {}
 
             finished_latest = rx.wait_for(latest_finished, timeout=20)
-        log = server.log()
+        log = server.log_text()
 
     # --- traces: each request's two task spans sit under its server span, in its trace.
     assert len(spans) == 2 * REQUESTS
@@ -128,22 +116,21 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
         ]
 
     # --- /metrics, parsed with prometheus_client.
-    samples = _samples(metrics_text)
-    assert _sum(samples, "bgtask_enqueued_total") == 2 * REQUESTS
-    assert _sum(samples, "bgtask_finished_total") == 2 * REQUESTS
-    assert _sum(samples, "bgtask_finished_total", outcome="failure") == len(FAILING)
-    assert _sum(samples, "bgtask_finished_total", outcome="success") == 2 * REQUESTS - len(FAILING)
-    assert _sum(
-        samples,
+    samples = Samples.parse(metrics_text)
+    assert samples.total("bgtask_enqueued_total") == 2 * REQUESTS
+    assert samples.total("bgtask_finished_total") == 2 * REQUESTS
+    assert samples.total("bgtask_finished_total", outcome="failure") == len(FAILING)
+    assert samples.total("bgtask_finished_total", outcome="success") == 2 * REQUESTS - len(FAILING)
+    assert samples.total(
         "bgtask_failures_total",
         task="tests.e2e.apps.core_app.notify",
         exception="tests.e2e.apps.core_app.InventoryError",
     ) == len(FAILING)
-    assert _sum(samples, "bgtask_duration_seconds_count") == 2 * REQUESTS
-    assert _sum(samples, "bgtask_queue_seconds_count", executor="thread_pool") == REQUESTS
-    assert _sum(samples, "bgtask_threadpool_wait_seconds_count") == REQUESTS
-    assert _sum(samples, "bgtask_pending") == 0
-    assert _sum(samples, "bgtask_in_progress") == 0
+    assert samples.total("bgtask_duration_seconds_count") == 2 * REQUESTS
+    assert samples.total("bgtask_queue_seconds_count", executor="thread_pool") == REQUESTS
+    assert samples.total("bgtask_threadpool_wait_seconds_count") == REQUESTS
+    assert samples.total("bgtask_pending") == 0
+    assert samples.total("bgtask_in_progress") == 0
     # Exemplars (trace ids of sampled task spans) with OpenMetrics negotiation.
     exemplar_traces = _exemplar_trace_ids(openmetrics)
     assert exemplar_traces and exemplar_traces <= set(parents)

@@ -13,20 +13,12 @@ import httpx
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from tests.e2e.apps.failure_rule import fails
-from tests.e2e.reliability_support import (
-    APP,
-    PYTHON,
-    REPO,
-    Samples,
-    ServerProcess,
-    clean_env,
-    poll,
-    scrape,
-    send_load,
-    try_scrape,
-)
+from tests.e2e.reliability_support import APP, send_load
+from tests.support.metrics import Samples, scrape, try_scrape
 from tests.support.net import free_port
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedMetricPoint
+from tests.support.polling import wait_for
+from tests.support.server import PYTHON, REPO, ServerProcess, clean_env
 
 WORKERS = 4
 POOL = 3  # threadpool_size of each worker
@@ -112,7 +104,7 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
             server.wait_ready()
             with httpx.Client(base_url=server.base_url, timeout=10) as client:
                 # All workers up: each lifespan reported its pool to its live gauge file.
-                poll(
+                wait_for(
                     lambda: (
                         scrape(client).total("bgtask_threadpool_tokens", state="total")
                         == WORKERS * POOL
@@ -128,11 +120,14 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
                 assert load.errors == []
                 pids = {body["pid"] for body in load.bodies}
                 assert len(pids) >= 2, pids
-                samples = poll(
-                    lambda: (s := scrape(client)).total("bgtask_finished_total") == total and s,
+                wait_for(
+                    lambda: scrape(client).total("bgtask_finished_total") == total,
                     30,
                     "all tasks finished",
                 )
+                # A scrape reads the workers' files one after another, so one taken while
+                # the last tasks ran can mix before and after; all are done now: scrape anew.
+                samples = scrape(client)
                 _assert_exact(samples, expected)
                 assert samples.total("bgtask_pending") == 0
                 assert samples.total("bgtask_in_progress") == 0
@@ -155,7 +150,7 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
 
                 # --- kill a worker while it runs a task: its gauges must leave the sums.
                 victim = int(client.post("/hang").json()["pid"])
-                busy = poll(
+                busy = wait_for(
                     lambda: (s := scrape(client)).total("bgtask_in_progress", task=HANG) == 1 and s,
                     10,
                     "the hanging task running",
@@ -163,7 +158,7 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
                 assert busy.total("bgtask_threadpool_tokens", state="borrowed") == 1
                 assert busy.total("bgtask_enqueued_total", task=HANG) == 1
                 os.kill(victim, signal.SIGKILL)
-                after = poll(
+                after = wait_for(
                     lambda: (
                         (s := try_scrape(client)).total("bgtask_threadpool_tokens", state="total")
                         == WORKERS * POOL

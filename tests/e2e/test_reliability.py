@@ -21,17 +21,12 @@ import pytest
 
 from telemetry.export import DROP_LOG_INTERVAL
 from tests.e2e.apps.failure_rule import fails
-from tests.e2e.reliability_support import (
-    PYTHON,
-    REPO,
-    ServerProcess,
-    clean_env,
-    poll,
-    scrape,
-    send_load,
-)
+from tests.e2e.reliability_support import APP, send_load
+from tests.support.metrics import scrape
 from tests.support.net import BlackholeServer, free_port
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedMetricPoint, ReceivedSpan
+from tests.support.polling import wait_for
+from tests.support.server import PYTHON, REPO, ServerProcess, clean_env
 
 TASK_MODULE = "tests.e2e.apps.reliability_app"
 SYNC_TASK = f"{TASK_MODULE}.sync_step"
@@ -109,7 +104,7 @@ class CollectorRun:
         cpu_before = cpu_seconds(server.proc.pid)
         started = time.monotonic()
         load = send_load(server.base_url, paths, concurrency=16)
-        poll(
+        wait_for(
             lambda: scrape(client).total("bgtask_finished_total") == target,
             30,
             f"{target} finished tasks ({self.name})",
@@ -196,7 +191,7 @@ def test_sick_collector_costs_no_throughput_and_drops_are_counted(tmp_path: Path
                 OTEL_SERVICE_NAME=f"reliability-{name}",
                 **SICK_COLLECTOR_ENV,
             )
-            server = ServerProcess.uvicorn(env, tmp_path / f"{name}.log", free_port())
+            server = ServerProcess.uvicorn(APP, env, tmp_path / f"{name}.log", free_port())
             runs.append(CollectorRun(name, server))
         try:
             for run in runs:
@@ -220,7 +215,7 @@ def test_sick_collector_costs_no_throughput_and_drops_are_counted(tmp_path: Path
         healthy, blackholed, down = runs
         expected = healthy.spans_ended_after - healthy.dropped
         try:
-            poll(lambda: len(rx.spans()) >= expected, 20, "the healthy run's spans")
+            wait_for(lambda: len(rx.spans()) >= expected, 20, "the healthy run's spans")
         finally:
             received = len(rx.spans())
             accepted = hole.accepted
@@ -286,12 +281,12 @@ def test_one_task_in_ten_failing_under_load(tmp_path: Path) -> None:
             OTEL_BSP_MAX_QUEUE_SIZE="65536",  # this test is about tasks, not drops
             RELIABILITY_FAIL_EVERY=str(FAIL_EVERY),
         )
-        with ServerProcess.uvicorn(env, tmp_path / "failing.log", free_port()) as server:
+        with ServerProcess.uvicorn(APP, env, tmp_path / "failing.log", free_port()) as server:
             server.wait_ready()
             paths = [f"/orders/{n}?tasks={TASKS_PER_REQUEST}" for n in range(LOAD_REQUESTS)]
             load = send_load(server.base_url, paths, concurrency=32)
             with httpx.Client(base_url=server.base_url, timeout=10) as client:
-                samples = poll(
+                samples = wait_for(
                     lambda: (s := scrape(client)).total("bgtask_finished_total") == tasks and s,
                     30,
                     "all tasks finished",
@@ -400,7 +395,7 @@ def test_otlp_metrics_exact_with_exemplars_of_received_spans(tmp_path: Path, pro
             RELIABILITY_FAIL_EVERY=str(METRIC_FAIL_EVERY),
         )
         log = tmp_path / f"metrics-{protocol.replace('/', '-')}.log"
-        with ServerProcess.uvicorn(env, log, free_port()) as server:
+        with ServerProcess.uvicorn(APP, env, log, free_port()) as server:
             server.wait_ready()
             paths = [f"/orders/{n}?tasks={METRIC_TASKS}" for n in range(METRIC_REQUESTS)]
             load = send_load(server.base_url, paths, concurrency=8)

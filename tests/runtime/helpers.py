@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,13 +24,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.observer import TaskObserver
 from telemetry.logs import LogObserver
 from telemetry.metrics import MetricsObserver, TaskMetrics
 from telemetry.spans import SpanObserver
+from tests.support.metrics import Samples, scrape
 from tests.support.net import LOOPBACK
+from tests.support.polling import wait_for
 
 T = TypeVar("T")
 STARTUP_TIMEOUT = 10.0
@@ -90,18 +90,6 @@ def serve(app: Any, **config: Any) -> Iterator[Server]:
             sock.close()
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.01) -> T:
-    """Poll ``predicate`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 @dataclass
 class Probe:
     """A fresh registry, tracer provider and span exporter, and observers writing to them."""
@@ -134,7 +122,7 @@ class Probe:
 
     def samples(self) -> Samples:
         """The registry's exposition, parsed (as a scrape of /metrics would be)."""
-        return parse_metrics(generate_latest(self.registry).decode())
+        return Samples.parse(generate_latest(self.registry).decode())
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
@@ -146,41 +134,11 @@ class Probe:
         self.tracer_provider.shutdown()
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse_metrics(text: str) -> Samples:
-    """Prometheus text exposition → {(sample name, labels): value}, via prometheus_client's
-    own parser."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def scrape(client: httpx.Client, path: str = "/metrics") -> Samples:
-    response = client.get(path)
-    response.raise_for_status()
-    return parse_metrics(response.text)
-
-
 def scrape_until(
     client: httpx.Client, predicate: Callable[[Samples], bool], timeout: float, what: str
 ) -> Samples:
     """Scrape until ``predicate`` holds for the samples; return those samples."""
     return wait_for(lambda: s if predicate(s := scrape(client)) else None, timeout, what)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value (0.0 if absent: children of unseen label values are not exported)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of every sample of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, lbl), v in samples.items() if n == name and wanted <= lbl)
 
 
 class ListHandler(logging.Handler):

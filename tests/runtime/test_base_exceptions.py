@@ -36,7 +36,7 @@ from runtime.options import RuntimeOptions
 from runtime.record import TaskRecord
 from runtime.runner import TaskRunner
 from telemetry.metrics import MetricsObserver, TaskMetrics
-from tests.runtime.helpers import Probe, captured, scrape_until, serve, total, value
+from tests.runtime.helpers import Probe, captured, scrape_until, serve
 
 M = __name__
 
@@ -147,7 +147,7 @@ def test_server_keeps_answering(mode: str, probe: Probe, task_logs: list[dict[st
             assert response.status_code == 200
         samples = scrape_until(
             client,
-            lambda s: total(s, "bgtask_finished_total") == 8,
+            lambda s: s.total("bgtask_finished_total") == 8,
             5,
             "every task to reach an outcome",
         )
@@ -156,7 +156,7 @@ def test_server_keeps_answering(mode: str, probe: Probe, task_logs: list[dict[st
         assert server.thread.is_alive()
 
     def finished(func: Callable[[], Any], executor: str, outcome: str) -> float:
-        return value(samples, "bgtask_finished_total", task=f"{M}.{func.__name__}",
+        return samples.value("bgtask_finished_total", task=f"{M}.{func.__name__}",
                      executor=executor, outcome=outcome)  # fmt: skip
 
     # The neighbour task (detached: same executor, running at the same time) is unaffected.
@@ -166,9 +166,9 @@ def test_server_keeps_answering(mode: str, probe: Probe, task_logs: list[dict[st
     assert finished(cancel_itself, "event_loop", "cancelled") == 1
     assert finished(after_sync, "thread_pool", "abandoned") == 2
     assert finished(after_async, "event_loop", "abandoned") == 2
-    assert total(samples, "bgtask_finished_total") == total(samples, "bgtask_enqueued_total") == 8
+    assert samples.total("bgtask_finished_total") == samples.total("bgtask_enqueued_total") == 8
     for exception in ("KeyboardInterrupt", "SystemExit"):
-        assert total(samples, "bgtask_failures_total", exception=exception) == 1
+        assert samples.total("bgtask_failures_total", exception=exception) == 1
 
     failed = sorted(e["error_type"] for e in task_logs if e["event"] == "background task failed")
     assert failed == ["KeyboardInterrupt", "SystemExit"]

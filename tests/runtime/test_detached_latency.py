@@ -28,7 +28,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import SpanKind
 
 import runtime
-from tests.runtime.helpers import Probe, scrape, serve, value, wait_for
+from tests.runtime.helpers import Probe, serve
+from tests.support.metrics import scrape
+from tests.support.polling import wait_for
 
 TASK_SECONDS = 0.32
 REQUESTS = 3
@@ -109,8 +111,7 @@ def _measure(mode: str, probe: Probe) -> Measured:
                 client_seconds.append(time.perf_counter() - start)
             wait_for(
                 lambda: (
-                    value(
-                        scrape(client),
+                    scrape(client).value(
                         "bgtask_finished_total",
                         task=TASK,
                         executor="event_loop",

@@ -30,8 +30,10 @@ import httpx
 from fastapi import BackgroundTasks, FastAPI
 
 import runtime
-from tests.runtime.helpers import Probe, captured, scrape, serve, total, wait_for
+from tests.runtime.helpers import Probe, captured, serve
+from tests.support.metrics import scrape
 from tests.support.net import LOOPBACK, free_port
+from tests.support.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GRACE_TASK_SECONDS = 0.6
@@ -113,7 +115,7 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
             for name in batches:  # in order: the semaphore serves batches first come first
                 assert client.post(f"/batch/{name}").status_code == 200
             wait_for(
-                lambda: total(scrape(client), "bgtask_in_progress") == 3,
+                lambda: scrape(client).total("bgtask_in_progress") == 3,
                 5,
                 "every slot busy",
             )
@@ -127,14 +129,14 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
 
     samples = probe.samples()
     finished = {
-        outcome: total(samples, "bgtask_finished_total", outcome=outcome)
+        outcome: samples.total("bgtask_finished_total", outcome=outcome)
         for outcome in ("success", "failure", "skipped", "cancelled", "abandoned")
     }
-    assert total(samples, "bgtask_enqueued_total") == 9
+    assert samples.total("bgtask_enqueued_total") == 9
     assert finished == {"success": 2, "failure": 0, "skipped": 0, "cancelled": 2, "abandoned": 5}
     assert sum(finished.values()) == 9
-    assert total(samples, "bgtask_in_progress") == 0
-    assert total(samples, "bgtask_pending") == 0
+    assert samples.total("bgtask_in_progress") == 0
+    assert samples.total("bgtask_pending") == 0
 
     # Logged by name, once each.
     by_outcome: dict[str, list[str]] = {}
@@ -244,9 +246,9 @@ def test_sigterm_with_1000_tasks_in_flight_exits_and_counts_every_task(tmp_path:
             with httpx.Client(base_url=base_url, timeout=5) as client:
                 samples = scrape(client)
             return (
-                total(samples, "bgtask_enqueued_total") == REQUESTS * TASKS_PER_REQUEST
-                and total(samples, "bgtask_in_progress") == MAX_CONCURRENCY
-                and total(samples, "bgtask_finished_total", outcome="success") == MAX_CONCURRENCY
+                samples.total("bgtask_enqueued_total") == REQUESTS * TASKS_PER_REQUEST
+                and samples.total("bgtask_in_progress") == MAX_CONCURRENCY
+                and samples.total("bgtask_finished_total", outcome="success") == MAX_CONCURRENCY
             )
 
         # 50 batches hold the slots (their quick task done, a slow one running), 50 wait.

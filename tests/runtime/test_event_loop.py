@@ -20,16 +20,9 @@ import httpx
 from fastapi import BackgroundTasks, FastAPI
 
 import runtime
-from tests.runtime.helpers import (
-    Probe,
-    Samples,
-    captured,
-    scrape,
-    scrape_until,
-    serve,
-    value,
-    wait_for,
-)
+from tests.runtime.helpers import Probe, captured, scrape_until, serve
+from tests.support.metrics import Samples, scrape
+from tests.support.polling import wait_for
 
 THRESHOLD = 0.1
 BLOCK_SECONDS = 0.2
@@ -101,9 +94,9 @@ def test_blocking_task_is_reported_and_lag_sampled(
         httpx.Client(base_url=server.base_url, timeout=10) as client,
     ):
         assert SAMPLER in client.get("/tasks").json()
-        first = value(scrape(client), f"{lag}_count")
+        first = scrape(client).value(f"{lag}_count")
         # The count grows while the app runs, one sample per interval.
-        wait_for(lambda: value(scrape(client), f"{lag}_count") >= first + 3, 5, "lag samples")
+        wait_for(lambda: scrape(client).value(f"{lag}_count") >= first + 3, 5, "lag samples")
         assert client.post("/polite").status_code == 200
         assert client.post("/blocking").status_code == 200
         scrape_until(
@@ -115,7 +108,7 @@ def test_blocking_task_is_reported_and_lag_sampled(
         # The sampler woke up late by about the blocked time, once at least.
         samples = scrape_until(
             client,
-            lambda s: value(s, f"{lag}_bucket", le="0.1") < value(s, f"{lag}_count"),
+            lambda s: s.value(f"{lag}_bucket", le="0.1") < s.value(f"{lag}_count"),
             5,
             "a lag sample above 0.1s",
         )
@@ -123,13 +116,13 @@ def test_blocking_task_is_reported_and_lag_sampled(
 
     # Metrics: the blocking task's one observation is in (0.1, 0.25], the other one below.
     blocking = {"task": _name("blocks_the_loop")}
-    assert value(samples, "bgtask_loop_blocking_seconds_count", **blocking) == 1
-    assert value(samples, "bgtask_loop_blocking_seconds_bucket", le="0.1", **blocking) == 0
-    assert value(samples, "bgtask_loop_blocking_seconds_bucket", le="0.25", **blocking) == 1
-    assert value(samples, "bgtask_loop_blocking_seconds_sum", **blocking) >= BLOCK_SECONDS
+    assert samples.value("bgtask_loop_blocking_seconds_count", **blocking) == 1
+    assert samples.value("bgtask_loop_blocking_seconds_bucket", le="0.1", **blocking) == 0
+    assert samples.value("bgtask_loop_blocking_seconds_bucket", le="0.25", **blocking) == 1
+    assert samples.value("bgtask_loop_blocking_seconds_sum", **blocking) >= BLOCK_SECONDS
     polite_task = {"task": _name("well_behaved")}
-    assert value(samples, "bgtask_loop_blocking_seconds_count", **polite_task) == 1
-    assert value(samples, "bgtask_loop_blocking_seconds_bucket", le="0.01", **polite_task) == 1
+    assert samples.value("bgtask_loop_blocking_seconds_count", **polite_task) == 1
+    assert samples.value("bgtask_loop_blocking_seconds_bucket", le="0.01", **polite_task) == 1
 
     # Spans: one bgtask.loop_blocked event, on the blocking task only.
     spans = {s.name: s for s in probe.task_spans()}
@@ -142,9 +135,9 @@ def test_blocking_task_is_reported_and_lag_sampled(
     print(
         f"\nloop blocked by a {BLOCK_SECONDS}s sync call: step "
         f"{event.attributes['bgtask.step_seconds']:.4f}s; polite task's longest step "
-        f"{value(samples, 'bgtask_loop_blocking_seconds_sum', **polite_task):.6f}s; "
-        f"{value(samples, f'{lag}_count'):.0f} lag samples at {LAG_INTERVAL}s, "
-        f"{value(samples, f'{lag}_count') - value(samples, f'{lag}_bucket', le='0.1'):.0f} "
+        f"{samples.value('bgtask_loop_blocking_seconds_sum', **polite_task):.6f}s; "
+        f"{samples.value(f'{lag}_count'):.0f} lag samples at {LAG_INTERVAL}s, "
+        f"{samples.value(f'{lag}_count') - samples.value(f'{lag}_bucket', le='0.1'):.0f} "
         "above 0.1s"
     )
 
@@ -169,5 +162,5 @@ def _name(func: str) -> str:
 
 
 def _finished(samples: Samples, func: str) -> float:
-    return value(samples, "bgtask_finished_total", task=_name(func), executor="event_loop",
+    return samples.value("bgtask_finished_total", task=_name(func), executor="event_loop",
                  outcome="success")  # fmt: skip

@@ -20,7 +20,9 @@ from pydantic import BaseModel
 
 import runtime
 from telemetry.redact import MAX_VALUE_CHARS, REDACTED
-from tests.runtime.helpers import Probe, scrape, serve, total, wait_for
+from tests.runtime.helpers import Probe, serve
+from tests.support.metrics import scrape
+from tests.support.polling import wait_for
 
 SENTINEL = "s3ntinel-7f3a"
 LONG_NOTE = "n" * 500
@@ -78,10 +80,10 @@ def _run(probe: Probe, record_args: bool, body: dict[str, str]) -> None:
         httpx.Client(base_url=server.base_url, timeout=10) as client,
     ):
         assert client.post("/signup", json=body).status_code == 200
-        wait_for(lambda: total(scrape(client), "bgtask_finished_total") == 2, 5, "both tasks")
+        wait_for(lambda: scrape(client).total("bgtask_finished_total") == 2, 5, "both tasks")
         samples = scrape(client)
-    assert total(samples, "bgtask_finished_total", outcome="success") == 1
-    assert total(samples, "bgtask_finished_total", outcome="failure") == 1
+    assert samples.total("bgtask_finished_total", outcome="success") == 1
+    assert samples.total("bgtask_finished_total", outcome="failure") == 1
 
 
 def _task_span(probe: Probe, func: str) -> dict[str, Any]:

@@ -24,7 +24,9 @@ from fastapi import BackgroundTasks, FastAPI
 
 import runtime
 from runtime.options import RuntimeOptions
-from tests.runtime.helpers import Probe, scrape, scrape_until, serve, value, wait_for
+from tests.runtime.helpers import Probe, scrape_until, serve
+from tests.support.metrics import scrape
+from tests.support.polling import wait_for
 
 TASKS = 80
 HOLD = 0.6  # how long the plain app's tasks keep every token while /health waits
@@ -129,7 +131,7 @@ def test_sync_endpoint_stays_responsive_while_sync_tasks_saturate(probe: Probe) 
             asyncio.run(_burst(server.base_url))
             saturated = scrape_until(
                 client,
-                lambda s: value(s, "bgtask_threadpool_tokens", state="borrowed") == THREADPOOL_SIZE,
+                lambda s: s.value("bgtask_threadpool_tokens", state="borrowed") == THREADPOOL_SIZE,
                 5,
                 "every token borrowed",
             )
@@ -160,14 +162,14 @@ def test_sync_endpoint_stays_responsive_while_sync_tasks_saturate(probe: Probe) 
     assert lens.peak == lens.started_when_health_ran == THREADPOOL_SIZE == 16
     assert lens_latency < 0.5
     assert plain_latency >= 3 * lens_latency
-    assert value(saturated, "bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
-    assert value(drained, "bgtask_threadpool_tokens", state="borrowed") == 0
-    assert value(drained, "bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
+    assert saturated.value("bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
+    assert drained.value("bgtask_threadpool_tokens", state="borrowed") == 0
+    assert drained.value("bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
     name = f"{__name__}.build_app.<locals>.resize_image"
-    assert value(drained, "bgtask_finished_total", task=name, executor="thread_pool",
+    assert drained.value("bgtask_finished_total", task=name, executor="thread_pool",
                  outcome="success") == TASKS  # fmt: skip
     # Every task's wait for a slot is recorded; the 64 beyond the 16 tokens waited at least
     # as long as /health took to answer.
-    assert value(drained, "bgtask_threadpool_wait_seconds_count", task=name) == TASKS
-    waited = value(drained, "bgtask_threadpool_wait_seconds_sum", task=name)
+    assert drained.value("bgtask_threadpool_wait_seconds_count", task=name) == TASKS
+    waited = drained.value("bgtask_threadpool_wait_seconds_sum", task=name)
     assert waited >= (TASKS - THREADPOOL_SIZE) * lens_latency
