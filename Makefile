@@ -1,18 +1,22 @@
 # tasklens — `make test` and `make demo` work on a fresh machine (Python 3.11+, Debian).
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Extra pip arguments of the venv's install (the lowest-versions run adds its constraints).
+PIP_EXTRA ?=
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml ci/lowest.py | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+LOWEST := .venv-lowest
 
-.PHONY: install system-deps test lint demo bench bench-smoke stack dashboards clean
+.PHONY: install system-deps test test-lowest lint typecheck-tree demo bench bench-smoke \
+	stack dashboards wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml ci/lowest.py | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" $(PIP_EXTRA)
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -27,12 +31,31 @@ system-deps:
 	    prometheus prometheus-alertmanager >/dev/null; \
 	fi
 
-lint: $(STAMP)
+# mypy checks the package under the names it installs with (tasklens.runtime, ...): a tree of
+# symlinks mirrors the wheel's layout (pyproject's package-dir).
+typecheck-tree:
+	@rm -rf .typecheck && mkdir -p .typecheck/tasklens
+	@for f in tasklens/*; do ln -s ../../$$f .typecheck/tasklens/; done
+	@ln -s ../../runtime .typecheck/tasklens/runtime
+	@ln -s ../../telemetry .typecheck/tasklens/telemetry
+
+lint: $(STAMP) typecheck-tree
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m dashboards --check
 
+# The suite on the newest releases (and lint), then on the lowest declared versions.
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest
+
+$(LOWEST)/constraints.txt: pyproject.toml ci/lowest.py
+	$(PYTHON) -m venv $(LOWEST)
+	$(PYTHON) ci/lowest.py > $@
+
+test-lowest: $(LOWEST)/constraints.txt system-deps
+	$(MAKE) install VENV=$(LOWEST) PIP_EXTRA="-c $(LOWEST)/constraints.txt"
+	$(LOWEST)/bin/python ci/lowest.py --check
+	$(LOWEST)/bin/python -m pytest
 
 demo: $(STAMP)
 	$(BIN)/tasklens demo --self-traffic
@@ -49,5 +72,8 @@ stack: $(STAMP) system-deps
 dashboards: $(STAMP)
 	$(BIN)/python -m dashboards
 
+wheel: $(STAMP)
+	rm -rf dist && $(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .stack
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache .mypy_cache .typecheck .stack dist build

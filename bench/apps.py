@@ -10,11 +10,11 @@ observes the tasks:
   ``FastAPIInstrumentor.instrument_app`` with an explicit SDK ``TracerProvider`` (sampled,
   ``BatchSpanProcessor`` to an exporter that drops spans): its request span and one span per
   task (it wraps ``BackgroundTask.__call__``), nothing else. No global provider is set.
-- ``tasklens``: a Starlette app with ``runtime.instrument(app)`` (default options) after
-  ``telemetry.setup()`` kept a global SDK provider (``ALWAYS_ON``, same processor): spans,
+- ``tasklens``: a Starlette app with ``tasklens.instrument(app)`` (default options) after
+  ``tasklens.setup()`` kept a global SDK provider (``ALWAYS_ON``, same processor): spans,
   Prometheus metrics and logs.
 - ``tasklens-unsampled``: the same with the sampler ``ALWAYS_OFF`` (inline mode).
-- ``tasklens-bare``: ``runtime.instrument(app, observers=[])`` and no tracer provider: the
+- ``tasklens-bare``: ``tasklens.instrument(app, observers=[])`` and no tracer provider: the
   runtime's own cost (records, ordering, batching, isolation) without any telemetry.
 - ``tasklens-detached``: ``tasklens`` with ``mode="detached"`` (end-to-end case only).
 
@@ -152,23 +152,22 @@ def build(
         FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
         return Variant(name, app, provider, exporter)
     if name == "tasklens-bare":
-        import runtime
+        import tasklens
 
         app = Starlette(routes=list(routes))
-        runtime.instrument(app, observers=[])
+        tasklens.instrument(app, observers=[])
         return Variant(name, app, None, exporter)
     if name in ("tasklens", "tasklens-unsampled", "tasklens-inline", "tasklens-detached"):
         from opentelemetry import trace
 
-        import runtime
-        import telemetry
+        import tasklens
 
         provider = _provider(name != "tasklens-unsampled", exporter)
         trace.set_tracer_provider(provider)
-        telemetry.setup(service_name="bench")  # keeps the provider set above
+        tasklens.setup(service_name="bench")  # keeps the provider set above
         app = Starlette(routes=list(routes))
         mode = "detached" if name == "tasklens-detached" else "inline"
-        runtime.instrument(app, mode=mode, observers=observers)
+        tasklens.instrument(app, mode=mode, observers=observers)
         return Variant(name, app, provider, exporter)
     raise ValueError(f"unknown variant {name!r}")
 

@@ -49,14 +49,14 @@ def _time_hooks(variant: apps.Variant) -> collections.Counter[str]:
 def _observers(spec: str | None) -> list[Any] | None:
     if spec is None:
         return None
-    from telemetry.logs import LogObserver
-    from telemetry.metrics import MetricsObserver
-    from telemetry.spans import SpanObserver
+    from tasklens.telemetry.logs import LogObserver
+    from tasklens.telemetry.metrics import MetricsObserver
+    from tasklens.telemetry.spans import SpanObserver
 
     make = {
-        "spans": lambda: SpanObserver(loop_block_threshold=0.1),
+        "spans": lambda: SpanObserver(),
         "metrics": MetricsObserver,
-        "logs": lambda: LogObserver(loop_block_threshold=0.1),
+        "logs": lambda: LogObserver(),
     }
     return [make[name]() for name in spec.split(",") if name != "none"]
 

@@ -1,18 +1,18 @@
-"""tasklens runtime: FastAPI/Starlette background tasks, run and observed.
+"""The mechanism: capture each background task at ``add_task``, run it (event loop or thread
+pool, inline or detached), time it, isolate its failure, and announce its lifecycle to
+observers. Knows no exporter: telemetry plugs in as :class:`TaskObserver` subclasses.
 
-import runtime, telemetry
-telemetry.setup(service_name="shop")
-app = FastAPI()
-runtime.instrument(app)
+Where a task is enqueued, started and finished: :mod:`.runner`. How Starlette's tasks get
+here: :mod:`.patch` (hooks) and :mod:`.middleware` (the request scope).
 """
 
-from runtime.background import BackgroundTasks
-from runtime.context import current_task
-from runtime.instrument import instrument
-from runtime.observer import TaskObserver
-from runtime.options import RuntimeOptions
-from runtime.record import TaskRecord
-from runtime.runner import TaskRunner
+from .attach import attach
+from .background import BackgroundTasks
+from .context import current_task
+from .observer import TaskObserver
+from .options import RuntimeOptions
+from .record import TaskRecord
+from .runner import TaskRunner
 
 __all__ = [
     "BackgroundTasks",
@@ -20,6 +20,6 @@ __all__ = [
     "TaskObserver",
     "TaskRecord",
     "TaskRunner",
+    "attach",
     "current_task",
-    "instrument",
 ]

@@ -1,17 +1,12 @@
-"""Context variables the runtime sets: the request scope and the task running now."""
+"""The task running now: a context variable set while a task's function runs."""
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from runtime.record import TaskRecord
-    from runtime.scope import RequestScope
+from .record import TaskRecord
 
-#: Set by the runtime middleware for the duration of one request of an instrumented app.
-current_scope: ContextVar[RequestScope | None] = ContextVar("tasklens_scope", default=None)
-#: Set while a task's function runs.
+#: Set while a task's function runs (in its own context copy, loop or thread).
 current_task_var: ContextVar[TaskRecord | None] = ContextVar("tasklens_task", default=None)
 
 

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
-from telemetry.contract import OUTCOME_ABANDONED
+from .options import RuntimeOptions
+from .outcomes import OUTCOME_ABANDONED
+from .record import TaskRecord
 
-if TYPE_CHECKING:
-    from runtime.options import RuntimeOptions
-    from runtime.record import TaskRecord
-    from runtime.runner import TaskRunner
+#: Runs a response's tasks in order (the runner's ``run_batch``).
+RunBatch = Callable[[Sequence[TaskRecord]], Awaitable[None]]
+#: Finishes never-started tasks as abandoned (the runner's ``abandon``).
+Abandon = Callable[[Sequence[TaskRecord]], None]
 
 _logger = logging.getLogger("tasklens.runtime")
 
@@ -28,8 +30,9 @@ _logger = logging.getLogger("tasklens.runtime")
 class DetachedExecutor:
     """A bounded task group for the batches of detached responses."""
 
-    def __init__(self, runner: TaskRunner, options: RuntimeOptions) -> None:
-        self.runner = runner
+    def __init__(self, run_batch: RunBatch, abandon: Abandon, options: RuntimeOptions) -> None:
+        self._run_batch = run_batch
+        self._abandon = abandon
         self.shutdown_timeout = options.shutdown_timeout
         self._slots = anyio.Semaphore(options.max_concurrency)
         self._group = anyio.create_task_group()
@@ -57,11 +60,11 @@ class DetachedExecutor:
                 await anyio.lowlevel.checkpoint_if_cancelled()
                 self._running += 1
                 try:
-                    await self.runner.run_batch(records)
+                    await self._run_batch(records)
                 finally:
                     self._running -= 1
         except anyio.get_cancelled_exc_class() as exc:
-            self.runner.abandon(records)
+            self._abandon(records)
             if self._group.cancel_scope.cancel_called:
                 raise
             # A task raised CancelledError itself: recorded as cancelled; re-raising it here

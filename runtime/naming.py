@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette._utils import is_async_callable
 
-from telemetry.contract import EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_POOL, OTHER_TASK
+from .outcomes import EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_POOL, OTHER_TASK, Executor
 
 DEFAULT_NAME_LIMIT = 500
 
@@ -33,7 +33,7 @@ class TaskIdentity:
     def __init__(self, name: str, is_async: bool, code_function: str, code_namespace: str) -> None:
         self.name = name
         self.is_async = is_async
-        self.executor = EXECUTOR_EVENT_LOOP if is_async else EXECUTOR_THREAD_POOL
+        self.executor: Executor = EXECUTOR_EVENT_LOOP if is_async else EXECUTOR_THREAD_POOL
         self.code_function = code_function
         self.code_namespace = code_namespace
         #: Observers cache their per-task objects here (label children, span names).

@@ -1,4 +1,4 @@
-"""The lifecycle events the runtime emits, and the protocol observers implement.
+"""The lifecycle events the runtime emits, and the base class observers extend.
 
 enqueued → started → finished(outcome). ``started`` runs in the task's own context (on the
 event loop or in the worker thread) right before the function; ``finished`` right after it,
@@ -8,10 +8,7 @@ Tasks that never start (skipped, abandoned) get ``finished`` only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from runtime.record import TaskRecord
+from .record import TaskRecord
 
 
 class TaskObserver:

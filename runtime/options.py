@@ -1,30 +1,32 @@
-"""The keyword options of :func:`runtime.instrument`, validated once at instrument time."""
+"""The runtime's keyword options of ``tasklens.instrument``, validated once at instrument time."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
-from runtime.naming import DEFAULT_NAME_LIMIT
+from .naming import DEFAULT_NAME_LIMIT
 
-ON_ERROR_CHOICES = ("continue", "stop")
-MODE_CHOICES = ("inline", "detached")
+OnError = Literal["continue", "stop"]
+Mode = Literal["inline", "detached"]
+ON_ERROR_CHOICES: tuple[OnError, ...] = ("continue", "stop")
+MODE_CHOICES: tuple[Mode, ...] = ("inline", "detached")
+
+#: (option name, is the value valid, what a valid value is)
+Check = tuple[str, bool, str]
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """What ``instrument(app, ...)`` accepts; see the README table for each option."""
+    """How tasks run; see the README's option table for each."""
 
-    #: Path that serves Prometheus metrics from the app; None: not mounted.
-    metrics_path: str | None = "/metrics"
     #: "continue": a failing task is recorded and the later tasks of the response still run.
     #: "stop": Starlette's behaviour (the exception propagates, later tasks are skipped).
-    on_error: str = "continue"
-    #: Put (truncated, redacted) task arguments into spans and logs.
-    record_args: bool = False
+    on_error: OnError = "continue"
     #: "inline": tasks run inside the request's ASGI cycle, as in Starlette.
     #: "detached": the cycle ends when the response is sent; tasks run in the lifespan's group.
-    mode: str = "inline"
+    mode: Mode = "inline"
     #: Detached mode: response batches running at once (a response's tasks run in order, in one).
     max_concurrency: int = 100
     #: Detached mode: seconds lifespan shutdown lets submitted batches run before cancelling them.
@@ -33,61 +35,72 @@ class RuntimeOptions:
     threadpool_size: int = 16
     #: Distinct task names before new ones fold into task="other".
     max_task_names: int = DEFAULT_NAME_LIMIT
-    #: An async task step (between two awaits) longer than this is reported; None: off.
+    #: An async task step (between two awaits) longer than this marks the task
+    #: ``loop_blocked``; None: steps are not measured.
     loop_block_threshold: float | None = 0.1
     #: Seconds between event-loop lag samples; None: no sampler.
     loop_lag_interval: float | None = 0.5
-    #: Wrap the app in OpenTelemetry's ASGI middleware when nothing else traces requests.
-    request_spans: bool = True
 
     def __post_init__(self) -> None:
-        path = self.metrics_path
-        checks = [
-            ("metrics_path", path is None or (isinstance(path, str) and path.startswith("/")),
-             "a path starting with '/', or None"),
+        validate(self, [
             ("on_error", self.on_error in ON_ERROR_CHOICES, "'continue' or 'stop'"),
-            ("record_args", isinstance(self.record_args, bool), "True or False"),
             ("mode", self.mode in MODE_CHOICES, "'inline' or 'detached'"),
-            ("max_concurrency", _positive_int(self.max_concurrency), "a positive int"),
-            ("shutdown_timeout", _non_negative(self.shutdown_timeout), "seconds >= 0"),
-            ("threadpool_size", _positive_int(self.threadpool_size), "a positive int"),
-            ("max_task_names", _positive_int(self.max_task_names), "a positive int"),
-            ("loop_block_threshold", _positive_or_none(self.loop_block_threshold),
+            ("max_concurrency", positive_int(self.max_concurrency), "a positive int"),
+            ("shutdown_timeout", non_negative(self.shutdown_timeout), "seconds >= 0"),
+            ("threadpool_size", positive_int(self.threadpool_size), "a positive int"),
+            ("max_task_names", positive_int(self.max_task_names), "a positive int"),
+            ("loop_block_threshold", positive_or_none(self.loop_block_threshold),
              "seconds > 0, or None"),
-            ("loop_lag_interval", _positive_or_none(self.loop_lag_interval),
+            ("loop_lag_interval", positive_or_none(self.loop_lag_interval),
              "seconds > 0, or None"),
-            ("request_spans", isinstance(self.request_spans, bool), "True or False"),
-        ]  # fmt: skip
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(
-                    f"instrument(): invalid {name}={getattr(self, name)!r}; expected {expected}"
-                )
+        ])  # fmt: skip
+
+    @property
+    def detached(self) -> bool:
+        """Tasks run in the lifespan's task group, after the response's cycle ended."""
+        return self.mode == "detached"
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> RuntimeOptions:
-        """Build options, naming any unknown keyword."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(
-                f"instrument() got unknown option(s) {', '.join(unknown)}; "
-                f"known options: {', '.join(sorted(known))}"
+    def names(cls) -> frozenset[str]:
+        """The option names this class accepts."""
+        return option_names(cls)
+
+
+def option_names(cls: type) -> frozenset[str]:
+    """The field names of an options dataclass."""
+    return frozenset(f.name for f in fields(cls))
+
+
+def validate(options: object, checks: Iterable[Check]) -> None:
+    """Raise ``ValueError`` naming the first invalid option and what it expects."""
+    for name, ok, expected in checks:
+        if not ok:
+            raise ValueError(
+                f"instrument(): invalid {name}={getattr(options, name)!r}; expected {expected}"
             )
-        return cls(**kwargs)
 
 
-def _positive_int(value: object) -> bool:
+def split_options(kwargs: dict[str, Any], *groups: frozenset[str]) -> list[dict[str, Any]]:
+    """Split keyword options among option groups, naming any unknown keyword."""
+    known = frozenset().union(*groups)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(
+            f"instrument() got unknown option(s) {', '.join(unknown)}; "
+            f"known options: {', '.join(sorted(known))}"
+        )
+    return [{k: v for k, v in kwargs.items() if k in group} for group in groups]
+
+
+def positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+def positive_or_none(value: object) -> bool:
+    return value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    )
 
 
-def _positive_or_none(value: object) -> bool:
-    return value is None or _positive(value)
-
-
-def _non_negative(value: object) -> bool:
+def non_negative(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0

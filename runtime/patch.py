@@ -15,10 +15,13 @@ from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
 
-from runtime.context import current_scope
-from runtime.record import TaskRecord
+from .record import TaskRecord
+from .runner import TaskRunner
+from .scope import current_scope
 
-_RECORD_ATTR = "_tasklens_record"
+#: Attribute of a BackgroundTask taken by the runtime: (its runner, its record).
+_CLAIM_ATTR = "_tasklens_claim"
+Claim = tuple[TaskRunner, TaskRecord]
 _STARLETTE_INIT = BackgroundTask.__init__
 _STARLETTE_TASK_CALL = BackgroundTask.__call__
 _previous_task_call: Callable[[BackgroundTask], Any] = _STARLETTE_TASK_CALL
@@ -34,18 +37,19 @@ def _task_init(self: BackgroundTask, func: Callable[..., Any], *args: Any, **kwa
     self.args = args  # type: ignore[assignment]
     self.kwargs = kwargs  # type: ignore[assignment]
     self.is_async = record.is_async
-    setattr(self, _RECORD_ATTR, record)
+    setattr(self, _CLAIM_ATTR, (scope.runner, record))
     scope.records.append(record)
 
 
-def _record_of(task: BackgroundTask) -> TaskRecord | None:
-    record: TaskRecord | None = getattr(task, _RECORD_ATTR, None)
-    if record is None:
+def _claim_of(task: BackgroundTask) -> Claim | None:
+    claim: Claim | None = getattr(task, _CLAIM_ATTR, None)
+    if claim is None:
         scope = current_scope.get()
         if scope is not None:  # created outside a request, run inside one
             record = scope.runner.enqueue(task.func, task.args, task.kwargs, scope.context)
-            setattr(task, _RECORD_ATTR, record)
-    return record
+            claim = (scope.runner, record)
+            setattr(task, _CLAIM_ATTR, claim)
+    return claim
 
 
 def _flatten(tasks: list[BackgroundTask]) -> list[BackgroundTask]:
@@ -63,24 +67,24 @@ def _tasks_call_for(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     an instrumented app, and ``original`` otherwise."""
 
     async def __call__(self: BackgroundTasks) -> None:
-        tasks = _flatten(self.tasks)
-        records = [_record_of(task) for task in tasks]
-        runner = next((r.runner for r in records if r is not None), None)
-        if runner is None or any(r is None or r.claimed for r in records):
+        claims = [_claim_of(task) for task in _flatten(self.tasks)]
+        runner = next((c[0] for c in claims if c is not None), None)
+        if runner is None or any(c is None or c[1].claimed for c in claims):
             await original(self)
             return
-        await runner.run(records)  # type: ignore[arg-type]
+        await runner.run([c[1] for c in claims])  # type: ignore[index]
 
     __call__._tasklens = True  # type: ignore[attr-defined]
     return __call__
 
 
 async def _task_call(self: BackgroundTask) -> None:
-    record = _record_of(self)
-    if record is None or record.runner is None or record.claimed:
+    claim = _claim_of(self)
+    if claim is None or claim[1].claimed:
         await _previous_task_call(self)
         return
-    await record.runner.run([record])
+    runner, record = claim
+    await runner.run([record])
 
 
 def _task_list_classes() -> list[type[BackgroundTasks]]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from opentelemetry.context import Context
+from opentelemetry.context import Context
 
-    from runtime.naming import TaskIdentity
-    from runtime.runner import TaskRunner
+from .naming import TaskIdentity
+from .outcomes import Executor, Outcome
 
 
 class TaskRecord:
@@ -33,11 +32,11 @@ class TaskRecord:
         "index",
         "is_async",
         "kwargs",
+        "loop_blocked",
         "loop_blocking",
         "observer_state",
         "outcome",
         "parent_context",
-        "runner",
         "started_at",
         "started_ns",
         "threadpool_wait",
@@ -51,7 +50,6 @@ class TaskRecord:
         kwargs: dict[str, Any],
         is_async: bool,
         parent_context: Context | None,
-        runner: TaskRunner | None = None,
     ) -> None:
         self.identity = identity
         self.func = func
@@ -67,14 +65,16 @@ class TaskRecord:
         self.started_ns = 0
         self.finished_at: float | None = None
         self.threadpool_wait: float | None = None
+        #: Async tasks: the longest uninterrupted event-loop step, seconds.
         self.loop_blocking: float | None = None
-        self.outcome: str | None = None
+        #: That step exceeded ``loop_block_threshold`` (decided once, by the runner).
+        self.loop_blocked = False
+        self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         #: Per-observer scratch space (the span observer keeps its span and token here).
         self.observer_state: dict[object, Any] = {}
         #: True once a runner took the task to run it (inline or detached).
         self.claimed = False
-        self.runner = runner
 
     @property
     def name(self) -> str:
@@ -82,7 +82,7 @@ class TaskRecord:
         return self.identity.name
 
     @property
-    def executor(self) -> str:
+    def executor(self) -> Executor:
         return self.identity.executor
 
     @property

@@ -3,7 +3,7 @@
 ``enqueue`` captures the task at ``add_task`` time (name, executor, trace context, clock);
 ``run`` executes a response's tasks in order, async ones on the event loop and each run of
 consecutive sync ones in a single thread hand-off, isolating failures per ``on_error``.
-Every step is announced to the observers (spans, metrics, logs live in ``telemetry``).
+Every step is announced to the observers; the runtime knows none of them by name.
 """
 
 from __future__ import annotations
@@ -24,21 +24,22 @@ import anyio.to_thread
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from runtime.context import current_task_var
-from runtime.detached import DetachedExecutor
-from runtime.loop_lag import LoopLagSampler
-from runtime.naming import TaskNamer
-from runtime.observer import TaskObserver
-from runtime.options import RuntimeOptions
-from runtime.record import TaskRecord
-from runtime.stepping import resume_steps
-from telemetry.contract import (
+from .context import current_task_var
+from .detached import DetachedExecutor
+from .loop_lag import LoopLagSampler
+from .naming import TaskNamer
+from .observer import TaskObserver
+from .options import RuntimeOptions
+from .outcomes import (
     OUTCOME_ABANDONED,
     OUTCOME_CANCELLED,
     OUTCOME_FAILURE,
     OUTCOME_SKIPPED,
     OUTCOME_SUCCESS,
+    Outcome,
 )
+from .record import TaskRecord
+from .stepping import resume_steps
 
 _logger = logging.getLogger("tasklens.runtime")
 _perf = time.perf_counter
@@ -93,7 +94,6 @@ class TaskRunner:
             kwargs,
             identity.is_async,
             parent if parent is not None else otel_context.get_current(),
-            self,
         )
         _notify(self._on_enqueued, record)
         return record
@@ -107,7 +107,7 @@ class TaskRunner:
         if detached is not None and detached.accepting:
             detached.submit(records)
             return
-        if self.options.mode == "detached" and not self._warned_no_lifespan:
+        if self.options.detached and not self._warned_no_lifespan:
             self._warned_no_lifespan = True
             _logger.warning(
                 "tasklens: mode='detached' but the app's lifespan is not running "
@@ -249,9 +249,12 @@ class TaskRunner:
     # --- finish -----------------------------------------------------------------------
     def _finish(self, record: TaskRecord) -> None:
         record.finished_at = _perf()
+        blocking, threshold = record.loop_blocking, self._block_threshold
+        if blocking is not None and threshold is not None and blocking > threshold:
+            record.loop_blocked = True
         _notify(self._on_finished, record)
 
-    def _finish_unstarted(self, records: Sequence[TaskRecord], outcome: str) -> None:
+    def _finish_unstarted(self, records: Sequence[TaskRecord], outcome: Outcome) -> None:
         for record in records:
             if record.outcome is None:
                 record.outcome = outcome
@@ -287,8 +290,9 @@ class TaskRunner:
                 sampler = LoopLagSampler(self.options.loop_lag_interval, [sink])
                 group.start_soon(sampler.run)
             try:
-                if self.options.mode == "detached":
-                    async with DetachedExecutor(self, self.options) as executor:
+                if self.options.detached:
+                    executor = DetachedExecutor(self.run_batch, self.abandon, self.options)
+                    async with executor:
                         self.detached = executor
                         try:
                             yield
@@ -307,9 +311,7 @@ def _hooks(observers: Sequence[TaskObserver], name: str) -> tuple[Callable[..., 
     observers' missing ones), so a task pays only for hooks that do something."""
     base = getattr(TaskObserver, name)
     return tuple(
-        getattr(o, name)
-        for o in observers
-        if getattr(type(o), name, None) not in (None, base)
+        getattr(o, name) for o in observers if getattr(type(o), name, None) not in (None, base)
     )
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextvars import ContextVar
 
-if TYPE_CHECKING:
-    from opentelemetry.context import Context
+from opentelemetry.context import Context
 
-    from runtime.record import TaskRecord
-    from runtime.runner import TaskRunner
+from .record import TaskRecord
+from .runner import TaskRunner
 
 
 class RequestScope:
@@ -32,3 +31,7 @@ class RequestScope:
         leftovers = [r for r in self.records if not r.claimed]
         if leftovers:
             self.runner.abandon(leftovers)
+
+
+#: Set by the runtime middleware for the duration of one request of an instrumented app.
+current_scope: ContextVar[RequestScope | None] = ContextVar("tasklens_scope", default=None)

@@ -1,5 +1,16 @@
-"""tasklens telemetry: providers, exporters, metrics, spans and logs for the runtime."""
+"""The observers: providers and exporters (:func:`setup`), task spans, metrics and logs, request
+spans and ``/metrics``. Reads the runtime's task records; the runtime never imports this."""
 
-from telemetry.setup import Telemetry, flush, setup
+from .observers import add_app_telemetry, default_observers, flush_at_shutdown
+from .options import TelemetryOptions
+from .setup import Telemetry, flush, setup
 
-__all__ = ["Telemetry", "flush", "setup"]
+__all__ = [
+    "Telemetry",
+    "TelemetryOptions",
+    "add_app_telemetry",
+    "default_observers",
+    "flush",
+    "flush_at_shutdown",
+    "setup",
+]

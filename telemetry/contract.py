@@ -9,23 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: Where a task ran.
-EXECUTOR_EVENT_LOOP = "event_loop"
-EXECUTOR_THREAD_POOL = "thread_pool"
-EXECUTORS = (EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_POOL)
-
-#: How a task ended. ``skipped``: not run because an earlier task of the same response
-#: failed under ``on_error="stop"``. ``cancelled``: cancelled while running.
-#: ``abandoned``: never started (shutdown, or its response was never sent).
-OUTCOME_SUCCESS = "success"
-OUTCOME_FAILURE = "failure"
-OUTCOME_SKIPPED = "skipped"
-OUTCOME_CANCELLED = "cancelled"
-OUTCOME_ABANDONED = "abandoned"
-OUTCOMES = (OUTCOME_SUCCESS, OUTCOME_FAILURE, OUTCOME_SKIPPED, OUTCOME_CANCELLED, OUTCOME_ABANDONED)
-
-#: Name used for tasks beyond the cardinality limit.
-OTHER_TASK = "other"
+# Label values the runtime decides (executor, outcome, the fold-over task name), re-exported.
+from tasklens.runtime.outcomes import (  # noqa: F401
+    EXECUTOR_EVENT_LOOP,
+    EXECUTOR_THREAD_POOL,
+    EXECUTORS,
+    OTHER_TASK,
+    OUTCOME_ABANDONED,
+    OUTCOME_CANCELLED,
+    OUTCOME_FAILURE,
+    OUTCOME_SKIPPED,
+    OUTCOME_SUCCESS,
+    OUTCOMES,
+)
 
 #: Histogram buckets, seconds: 100 µs (a log write) to 10 minutes (a report).
 DURATION_BUCKETS = (

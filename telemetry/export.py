@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from telemetry.metrics import TaskMetrics
+from .metrics import TaskMetrics
 
 PROTOCOLS = ("http/protobuf", "grpc")
 _logger = logging.getLogger("tasklens.telemetry")

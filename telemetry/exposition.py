@@ -10,13 +10,15 @@ dead (see :mod:`telemetry.multiprocess`); exemplars are not available there.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
-from starlette.types import ASGIApp
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from telemetry.metrics import multiprocess_mode
-from telemetry.multiprocess import ENV, directory_from_env
+from .metrics import multiprocess_mode
+from .multiprocess import ENV, directory_from_env
 
 _logger = logging.getLogger("tasklens.telemetry")
 
@@ -41,3 +43,33 @@ def metrics_registry() -> CollectorRegistry:
 def metrics_asgi_app() -> ASGIApp:
     """An ASGI app answering GET with the exposition (content negotiation, gzip)."""
     return make_asgi_app(registry=metrics_registry())  # type: ignore[no-any-return]
+
+
+class MetricsEndpointMiddleware:
+    """Answers ``path`` with the exposition before anything else of the app runs (no request
+    span, no task scope, no user middleware)."""
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.metrics_app = metrics_asgi_app()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path:
+            await self.metrics_app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def exclude_from_fastapi_telemetry(app: Starlette, path: str) -> None:
+    """Keep scrapes of ``path`` out of FastAPI's native request spans (FastAPI >= 0.164 wraps
+    the whole app, outside any middleware); the user's own ``exclude`` still applies."""
+    config = getattr(app, "_telemetry", None)
+    if not isinstance(config, dict) or "exclude" not in config:
+        return
+    user_exclude = config["exclude"]
+
+    def exclude(scope: Any) -> bool:
+        return scope.get("path") == path or bool(user_exclude and user_exclude(scope))
+
+    config["exclude"] = exclude

@@ -16,11 +16,10 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-from runtime.context import current_task
-from runtime.observer import TaskObserver
-from runtime.record import TaskRecord
-from telemetry import contract as c
-from telemetry.redact import describe_args
+from tasklens.runtime import TaskObserver, TaskRecord, current_task
+
+from . import contract as c
+from .redact import describe_args
 
 EventDict = MutableMapping[str, Any]
 _factory_installed = False
@@ -134,26 +133,17 @@ class LogObserver(TaskObserver):
     """Logs each failure once (error level, traceback, task fields), and every cancelled,
     abandoned or loop-blocking task by name."""
 
-    def __init__(
-        self, record_args: bool = False, loop_block_threshold: float | None = None
-    ) -> None:
+    def __init__(self, record_args: bool = False) -> None:
         self._log = structlog.get_logger("tasklens")
         self._record_args = record_args
-        self._block_threshold = loop_block_threshold
 
     def finished(self, task: TaskRecord) -> None:
         outcome = task.outcome
-        blocking = task.loop_blocking
-        if (
-            self._block_threshold is not None
-            and blocking is not None
-            and blocking > self._block_threshold
-        ):
+        if task.loop_blocked:
             self._log.warning(
                 "background task blocked the event loop",
                 task=task.name,
-                step_seconds=round(blocking, 6),
-                threshold_seconds=self._block_threshold,
+                step_seconds=round(task.loop_blocking or 0.0, 6),
             )
         if outcome == c.OUTCOME_SUCCESS:
             return

@@ -15,10 +15,10 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import values as prometheus_values
 
-from runtime.observer import TaskObserver
-from runtime.record import TaskRecord
-from telemetry import contract as c
-from telemetry.multiprocess import prepare_directory
+from tasklens.runtime import TaskObserver, TaskRecord
+
+from . import contract as c
+from .multiprocess import prepare_directory
 
 _lock = threading.Lock()
 #: Seconds between two exemplars of the same histogram bucket (per task, outcome).

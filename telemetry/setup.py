@@ -15,7 +15,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
 
-from telemetry.export import (
+from .export import (
     CountingBatchSpanProcessor,
     LogSpanExporter,
     metric_exporter,
@@ -23,9 +23,9 @@ from telemetry.export import (
     otlp_protocol,
     span_exporter,
 )
-from telemetry.logs import configure_logging
-from telemetry.metrics import TaskMetrics
-from telemetry.otlp_metrics import PrometheusOTLPBridge
+from .logs import configure_logging
+from .metrics import TaskMetrics
+from .otlp_metrics import PrometheusOTLPBridge
 
 _logger = logging.getLogger("tasklens.telemetry")
 _lock = threading.Lock()

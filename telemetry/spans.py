@@ -10,10 +10,10 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
-from runtime.observer import TaskObserver
-from runtime.record import TaskRecord
-from telemetry import contract as c
-from telemetry.redact import describe_args
+from tasklens.runtime import TaskObserver, TaskRecord
+
+from . import contract as c
+from .redact import describe_args
 
 _INTERNAL = SpanKind.INTERNAL
 
@@ -26,12 +26,10 @@ class SpanObserver(TaskObserver):
         self,
         tracer_provider: TracerProvider | None = None,
         record_args: bool = False,
-        loop_block_threshold: float | None = None,
     ) -> None:
         self._provider = tracer_provider
         self._tracer = trace.get_tracer("tasklens", tracer_provider=tracer_provider)
         self._record_args = record_args
-        self._block_threshold = loop_block_threshold
         self._policy_of: tuple[object, str | None] = (None, None)
 
     def _dropped(self, parent: Context | None) -> bool:
@@ -122,17 +120,12 @@ class SpanObserver(TaskObserver):
             span.record_exception(error, escaped=False)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         span.set_attributes(attributes)
-        blocking = task.loop_blocking
-        if (
-            self._block_threshold is not None
-            and blocking is not None
-            and blocking > self._block_threshold
-        ):
-            span.add_event(c.LOOP_BLOCKED_EVENT, {"bgtask.step_seconds": blocking})
+        if task.loop_blocked:
+            span.add_event(c.LOOP_BLOCKED_EVENT, {"bgtask.step_seconds": task.loop_blocking or 0.0})
 
 
 def _drop_policy(sampler: object) -> str | None:
-    """"always" (AlwaysOff), "unsampled-parent" (ParentBased dropping children of unsampled
+    """ "always" (AlwaysOff), "unsampled-parent" (ParentBased dropping children of unsampled
     parents, the SDK default), or None: ask the sampler."""
     describe = getattr(sampler, "get_description", None)
     if describe is None:

@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from telemetry.logs import LogObserver
-from telemetry.metrics import MetricsObserver, TaskMetrics
-from telemetry.spans import SpanObserver
+from tasklens.telemetry.logs import LogObserver
+from tasklens.telemetry.metrics import MetricsObserver, TaskMetrics
+from tasklens.telemetry.spans import SpanObserver
 
 _EXPORTER = InMemorySpanExporter()
 

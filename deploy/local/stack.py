@@ -63,7 +63,9 @@ __all__ = [
 DEFAULT_STATE_DIR = REPO_ROOT / ".stack"
 #: ``{host}`` and ``{port}`` are filled in; any command serving ``/metrics`` will do.
 DEFAULT_APP_COMMAND = (
-    str(REPO_ROOT / ".venv" / "bin" / "tasklens"),
+    sys.executable,
+    "-m",
+    "tasklens",
     "demo",
     "--host",
     "{host}",

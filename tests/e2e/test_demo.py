@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from telemetry import contract
+from tasklens.telemetry import contract
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ def test_demo_self_traffic_fills_every_core_metric(tmp_path: Path) -> None:
     env = {**os.environ, "TASKLENS_DEMO_DIR": str(tmp_path)}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     log_path = tmp_path / "demo.log"
-    command = [sys.executable, "-m", "runtime.cli", "demo", "--port", str(port)]
+    command = [sys.executable, "-m", "tasklens.cli", "demo", "--port", str(port)]
     command += ["--self-traffic", "--rate", "40", "--traffic-seconds", "30"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -51,5 +51,5 @@ def test_demo_self_traffic_fills_every_core_metric(tmp_path: Path) -> None:
     assert seen == wanted, f"never non-zero: {sorted(wanted - seen)}"
     log = log_path.read_text()
     # No OTLP endpoint: spans are printed as structured log lines.
-    assert '"event": "span"' in log and '"span_name": "bgtask runtime.demo.' in log
+    assert '"event": "span"' in log and '"span_name": "bgtask tasklens.demo.' in log
     assert '"event": "background task failed"' in log

@@ -1,4 +1,4 @@
-"""Several workers: gunicorn + uvicorn workers with deploy/gunicorn.conf.py and
+"""Several workers: gunicorn + uvicorn workers with tasklens/gunicorn_conf.py and
 PROMETHEUS_MULTIPROC_DIR. /metrics (any worker) sums all workers exactly; a worker killed
 with SIGKILL leaves the live gauges and keeps its counters; each worker exports its own
 values over OTLP."""
@@ -18,7 +18,7 @@ from tests.support.metrics import Samples, scrape, try_scrape
 from tests.support.net import free_port
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedMetricPoint
 from tests.support.polling import wait_for
-from tests.support.server import PYTHON, REPO, ServerProcess, clean_env
+from tests.support.server import PYTHON, ServerProcess, clean_env
 
 WORKERS = 4
 POOL = 3  # threadpool_size of each worker
@@ -96,10 +96,12 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
             RELIABILITY_FAIL_EVERY=str(FAIL_EVERY),
             OTEL_EXPORTER_OTLP_ENDPOINT=rx.http_endpoint,
             OTEL_METRIC_EXPORT_INTERVAL="500",
+            # gunicorn >= 25 opens a control socket under $HOME/.gunicorn: one per test run.
+            HOME=str(tmp_path),
         )
-        args = [PYTHON, "-m", "gunicorn", "-c", str(REPO / "deploy" / "gunicorn.conf.py"),
-                "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}",
-                "--no-control-socket", APP]  # fmt: skip
+        # The shipped config, as a pip user names it (tasklens export writes the same file).
+        args = [PYTHON, "-m", "gunicorn", "-c", "python:tasklens.gunicorn_conf",
+                "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}", APP]  # fmt: skip
         with ServerProcess(args, env, tmp_path / "gunicorn.log", port) as server:
             server.wait_ready()
             with httpx.Client(base_url=server.base_url, timeout=10) as client:

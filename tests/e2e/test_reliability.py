@@ -1,5 +1,5 @@
 """Reliability suite: a sick collector, failing tasks under load, a bounded soak, and the
-OTLP metrics export path. Real uvicorn servers (one subprocess each: telemetry.setup()
+OTLP metrics export path. Real uvicorn servers (one subprocess each: tasklens.setup()
 sets process-wide providers), real OTLP exporters, the test OTLP receiver, loopback only.
 
 The figures are asserted here and printed (``pytest -s``) as ``RELIABILITY ...`` lines;
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from telemetry.export import DROP_LOG_INTERVAL
+from tasklens.telemetry.export import DROP_LOG_INTERVAL
 from tests.e2e.apps.failure_rule import fails
 from tests.e2e.reliability_support import APP, send_load
 from tests.support.metrics import scrape

@@ -25,10 +25,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from runtime.observer import TaskObserver
-from telemetry.logs import LogObserver
-from telemetry.metrics import MetricsObserver, TaskMetrics
-from telemetry.spans import SpanObserver
+from tasklens.runtime.observer import TaskObserver
+from tasklens.telemetry.logs import LogObserver
+from tasklens.telemetry.metrics import MetricsObserver, TaskMetrics
+from tasklens.telemetry.spans import SpanObserver
 from tests.support.metrics import Samples, scrape
 from tests.support.net import LOOPBACK
 from tests.support.polling import wait_for
@@ -102,14 +102,12 @@ class Probe:
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
 
-    def observers(
-        self, *, record_args: bool = False, loop_block_threshold: float | None = 0.1
-    ) -> list[TaskObserver]:
-        """Spans, metrics, logs: the order of ``telemetry.wiring.default_observers``."""
+    def observers(self, *, record_args: bool = False) -> list[TaskObserver]:
+        """Spans, metrics, logs: the order of ``tasklens.telemetry.default_observers``."""
         return [
-            SpanObserver(self.tracer_provider, record_args, loop_block_threshold),
+            SpanObserver(self.tracer_provider, record_args),
             MetricsObserver(self.metrics),
-            LogObserver(record_args, loop_block_threshold),
+            LogObserver(record_args),
         ]
 
     def mount_metrics(self, app: FastAPI, path: str = "/metrics") -> None:

@@ -31,11 +31,11 @@ import pytest
 from fastapi import BackgroundTasks, FastAPI
 from prometheus_client import CollectorRegistry
 
-import runtime
-from runtime.options import RuntimeOptions
-from runtime.record import TaskRecord
-from runtime.runner import TaskRunner
-from telemetry.metrics import MetricsObserver, TaskMetrics
+import tasklens
+from tasklens.runtime.options import RuntimeOptions
+from tasklens.runtime.record import TaskRecord
+from tasklens.runtime.runner import TaskRunner
+from tasklens.telemetry.metrics import MetricsObserver, TaskMetrics
 from tests.runtime.helpers import Probe, captured, scrape_until, serve
 
 M = __name__
@@ -134,7 +134,7 @@ def test_server_keeps_answering(mode: str, probe: Probe, task_logs: list[dict[st
         return {"status": "ok"}
 
     probe.mount_metrics(app)
-    runtime.instrument(app, mode=mode, observers=probe.observers(), metrics_path=None)
+    tasklens.instrument(app, mode=mode, observers=probe.observers(), metrics_path=None)
     with (
         captured("uvicorn.error") as server_log,
         captured("tasklens.runtime") as runtime_log,

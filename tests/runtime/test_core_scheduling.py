@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-import runtime
-from telemetry.logs import add_task_context, install_record_factory
+import tasklens
+from tasklens.telemetry.logs import add_task_context, install_record_factory
 from tests.conftest import Kit, task_spans
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +80,7 @@ async def test_path_operation_parameter(spans, kit: Kit) -> None:
         background_tasks.add_task(awrite, "b")
         return {"ok": True}
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     assert (await _call(app)).status_code == 200
     assert RAN == ["a", "b"]
     server = _server_span(spans)
@@ -115,7 +115,7 @@ async def test_dependency_and_sub_dependency_share_one_set(spans, kit: Kit) -> N
         background_tasks.add_task(write, "endpoint")
         return "ok"
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     assert (await _call(app)).status_code == 200
     assert RAN == ["sub", "dep", "endpoint"]
     mine = task_spans(spans)
@@ -145,7 +145,7 @@ async def test_json_response_background_and_response_background(spans, kit: Kit)
         response.background = BackgroundTask(awrite, "single")
         return response
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     await _call(app, path="/json")
     await _call(app, path="/single")
     assert RAN == ["json-1", "json-2", "single"]
@@ -162,7 +162,7 @@ async def test_plain_starlette_app(spans, kit: Kit) -> None:
         return PlainTextResponse("ok", background=tasks)
 
     app = Starlette(routes=[Route("/", endpoint)])
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     assert (await _call(app)).status_code == 200
     # on_error="continue": the failure is recorded, the later task still ran.
     assert RAN == ["s1", "s2"]
@@ -195,7 +195,7 @@ async def test_on_error_stop_keeps_starlette_semantics_and_counts_skipped(spans,
         background_tasks.add_task(awrite, "never-either")
         return "ok"
 
-    runtime.instrument(app, observers=kit.observers, on_error="stop")
+    tasklens.instrument(app, observers=kit.observers, on_error="stop")
     await _call(app)
     assert RAN == ["first"]
     assert kit.value("bgtask_finished_total", outcome="success") == 1
@@ -216,7 +216,7 @@ async def test_uninstrumented_app_keeps_plain_behaviour(spans, kit: Kit) -> None
             background_tasks.add_task(write, "after")
             return "ok"
 
-    runtime.instrument(instrumented, observers=kit.observers)
+    tasklens.instrument(instrumented, observers=kit.observers)
     await _call(plain)
     assert RAN == []  # Starlette: the failure skipped the later task, uncounted
     assert task_spans(spans) == []
@@ -234,8 +234,8 @@ async def test_instrument_twice_doubles_nothing(spans, kit: Kit) -> None:
         background_tasks.add_task(write, "once")
         return "ok"
 
-    first = runtime.instrument(app, observers=kit.observers)
-    assert runtime.instrument(app, observers=kit.observers) is first
+    first = tasklens.instrument(app, observers=kit.observers)
+    assert tasklens.instrument(app, observers=kit.observers) is first
     await _call(app)
     assert RAN == ["once"]
     assert len(task_spans(spans)) == 1
@@ -262,9 +262,9 @@ async def test_with_fastapi_instrumentor_exactly_one_span_per_task(spans, kit: K
 
     if order == "otel-first":
         FastAPIInstrumentor.instrument_app(app)
-        runtime.instrument(app, observers=kit.observers)
+        tasklens.instrument(app, observers=kit.observers)
     else:
-        runtime.instrument(app, observers=kit.observers)
+        tasklens.instrument(app, observers=kit.observers)
         FastAPIInstrumentor.instrument_app(app)
     try:
         await _call(app)
@@ -292,11 +292,11 @@ async def test_non_callable_is_rejected_at_add_time(kit: Kit) -> None:
             errors.append(str(exc))
         return "ok"
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     await _call(app)
     assert errors == ["add_task() expects a callable, got 'send_email' of type str"]
     with pytest.raises(TypeError, match="got 42 of type int"):
-        runtime.BackgroundTasks().add_task(42)  # type: ignore[arg-type]
+        tasklens.BackgroundTasks().add_task(42)  # type: ignore[arg-type]
 
 
 async def test_task_of_a_response_never_sent_is_counted_abandoned(kit: Kit) -> None:
@@ -307,7 +307,7 @@ async def test_task_of_a_response_never_sent_is_counted_abandoned(kit: Kit) -> N
         background_tasks.add_task(write, "lost")
         raise RuntimeError("endpoint failed after add_task")
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     assert (await _call(app)).status_code == 500
     assert RAN == []
     assert kit.value("bgtask_finished_total", outcome="abandoned") == 1
@@ -327,18 +327,18 @@ async def test_task_of_a_response_never_sent_is_counted_abandoned(kit: Kit) -> N
 )
 def test_invalid_options_name_the_option(options, error, message) -> None:
     with pytest.raises(error, match=message):
-        runtime.instrument(FastAPI(), **options)
+        tasklens.instrument(FastAPI(), **options)
 
 
 def test_instrument_rejects_non_starlette_apps() -> None:
     with pytest.raises(TypeError, match="FastAPI or Starlette application, got function"):
-        runtime.instrument(lambda scope, receive, send: None)  # type: ignore[arg-type]
+        tasklens.instrument(lambda scope, receive, send: None)  # type: ignore[arg-type]
 
 
 async def test_metrics_path_served_and_optional(kit: Kit) -> None:
     app, silent = FastAPI(), FastAPI()
-    runtime.instrument(app, observers=kit.observers)
-    runtime.instrument(silent, observers=kit.observers, metrics_path=None)
+    tasklens.instrument(app, observers=kit.observers)
+    tasklens.instrument(silent, observers=kit.observers, metrics_path=None)
     response = await _call(app, path="/metrics", headers={"Accept": "application/openmetrics-text"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text")
@@ -370,7 +370,7 @@ async def test_logs_inside_tasks_carry_trace_and_task_fields(spans, kit: Kit) ->
         background_tasks.add_task(logging_task)
         return "ok"
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     await _call(app)
     (span,) = task_spans(spans)
     trace_id, span_id = f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
@@ -388,7 +388,7 @@ async def test_metrics_scrapes_are_not_traced(spans, kit: Kit) -> None:
     def ping() -> str:
         return "pong"
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     await _call(app, path="/metrics")
     assert spans.get_finished_spans() == ()
     await _call(app, path="/ping")
@@ -414,7 +414,7 @@ async def test_unsampled_trace_makes_no_task_span_but_counts_and_correlates(
         background_tasks.add_task(traced_task)
         return "ok"
 
-    runtime.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=kit.observers)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     await _call(app, headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"})
     assert spans.get_finished_spans() == ()  # parent-based sampling: nothing to export

@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import SpanKind
 
-import runtime
+import tasklens
 from tests.runtime.helpers import Probe, serve
 from tests.support.metrics import scrape
 from tests.support.polling import wait_for
@@ -94,7 +94,7 @@ def _measure(mode: str, probe: Probe) -> Measured:
         return {"order_id": order_id}
 
     probe.mount_metrics(app)
-    runtime.instrument(app, mode=mode, observers=probe.observers(), metrics_path=None)
+    tasklens.instrument(app, mode=mode, observers=probe.observers(), metrics_path=None)
     # Wrapped outside FastAPI, so FastAPI keeps its native telemetry on.
     asgi = OpenTelemetryMiddleware(
         app,

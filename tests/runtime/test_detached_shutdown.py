@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from fastapi import BackgroundTasks, FastAPI
 
-import runtime
+import tasklens
 from tests.runtime.helpers import Probe, captured, serve
 from tests.support.metrics import scrape
 from tests.support.net import LOOPBACK, free_port
@@ -99,7 +99,7 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
         return {"batch": name}
 
     probe.mount_metrics(app)
-    runtime.instrument(
+    tasklens.instrument(
         app,
         mode="detached",
         max_concurrency=3,

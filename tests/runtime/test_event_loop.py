@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from fastapi import BackgroundTasks, FastAPI
 
-import runtime
+import tasklens
 from tests.runtime.helpers import Probe, captured, scrape_until, serve
 from tests.support.metrics import Samples, scrape
 from tests.support.polling import wait_for
@@ -27,7 +27,7 @@ from tests.support.polling import wait_for
 THRESHOLD = 0.1
 BLOCK_SECONDS = 0.2
 LAG_INTERVAL = 0.05
-SAMPLER = "runtime.loop_lag.LoopLagSampler.run"
+SAMPLER = "tasklens.runtime.loop_lag.LoopLagSampler.run"
 
 
 async def blocks_the_loop() -> None:
@@ -79,9 +79,9 @@ def test_blocking_task_is_reported_and_lag_sampled(
 
     probe.mount_metrics(app)
     exploding = ExplodingObserver()
-    runtime.instrument(
+    tasklens.instrument(
         app,
-        observers=[*probe.observers(loop_block_threshold=THRESHOLD), exploding],
+        observers=[*probe.observers(), exploding],
         metrics_path=None,
         loop_block_threshold=THRESHOLD,
         loop_lag_interval=LAG_INTERVAL,
@@ -148,7 +148,6 @@ def test_blocking_task_is_reported_and_lag_sampled(
     assert warning["log_level"] == "warning"
     assert warning["task"] == _name("blocks_the_loop")
     assert warning["step_seconds"] >= BLOCK_SECONDS
-    assert warning["threshold_seconds"] == THRESHOLD
 
     # The sampler stopped with the lifespan: no task of it left, no error.
     assert SAMPLER not in tasks_after_shutdown

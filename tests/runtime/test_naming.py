@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from runtime.naming import TaskNamer
-from runtime.options import RuntimeOptions
-from runtime.runner import TaskRunner
-from telemetry.metrics import MetricsObserver, TaskMetrics
+from tasklens.runtime.naming import TaskNamer
+from tasklens.runtime.options import RuntimeOptions
+from tasklens.runtime.runner import TaskRunner
+from tasklens.telemetry.metrics import MetricsObserver, TaskMetrics
 
 M = __name__
 

@@ -18,8 +18,8 @@ import pytest
 from fastapi import BackgroundTasks, FastAPI
 from pydantic import BaseModel
 
-import runtime
-from telemetry.redact import MAX_VALUE_CHARS, REDACTED
+import tasklens
+from tasklens.telemetry.redact import MAX_VALUE_CHARS, REDACTED
 from tests.runtime.helpers import Probe, serve
 from tests.support.metrics import scrape
 from tests.support.polling import wait_for
@@ -67,7 +67,7 @@ def build_app(probe: Probe, record_args: bool) -> FastAPI:
         return {"status": "ok"}
 
     probe.mount_metrics(app)
-    runtime.instrument(
+    tasklens.instrument(
         app, record_args=record_args, observers=probe.observers(record_args=record_args),
         metrics_path=None,
     )  # fmt: skip

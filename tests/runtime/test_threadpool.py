@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import httpx
 from fastapi import BackgroundTasks, FastAPI
 
-import runtime
-from runtime.options import RuntimeOptions
+import tasklens
+from tasklens.runtime.options import RuntimeOptions
 from tests.runtime.helpers import Probe, scrape_until, serve
 from tests.support.metrics import scrape
 from tests.support.polling import wait_for
@@ -125,7 +125,7 @@ def test_sync_endpoint_stays_responsive_while_sync_tasks_saturate(probe: Probe) 
     lens = Tasks()
     app = build_app(lens)
     probe.mount_metrics(app)
-    runtime.instrument(app, observers=probe.observers(), metrics_path=None)
+    tasklens.instrument(app, observers=probe.observers(), metrics_path=None)
     try:
         with serve(app) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
             asyncio.run(_burst(server.base_url))

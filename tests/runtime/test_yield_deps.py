@@ -14,8 +14,8 @@ from typing import Annotated
 import pytest
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI
 
-import runtime
-from runtime.yield_deps import routes_at_risk
+import tasklens
+from tasklens.runtime.yield_deps import routes_at_risk
 from tests.runtime.helpers import captured, serve
 
 WARNING_START = "tasklens: mode='detached': routes "
@@ -122,7 +122,7 @@ def test_routes_at_risk() -> None:
 @pytest.mark.parametrize(("mode", "expected"), [("detached", RISKY), ("inline", None)])
 def test_one_startup_warning_names_the_routes(mode: str, expected: list[str] | None) -> None:
     app = build_app()
-    runtime.instrument(app, mode=mode, observers=[], metrics_path=None)
+    tasklens.instrument(app, mode=mode, observers=[], metrics_path=None)
     with captured("tasklens.runtime") as log:
         with serve(app):
             at_startup = [r for r in log.records if r.getMessage().startswith(WARNING_START)]

@@ -41,8 +41,16 @@ def clean_env(**extra: str) -> dict[str, str]:
 class ServerProcess:
     """A server subprocess (uvicorn or gunicorn) with its output in ``log_path``."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path, port: int):
+    def __init__(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        port: int,
+        cwd: Path = REPO,
+    ):
         self.args = args
+        self.cwd = cwd
         self.env = dict(env)
         self.log_path = log_path
         self.port = port
@@ -60,7 +68,7 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.args,
-            cwd=REPO,
+            cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,

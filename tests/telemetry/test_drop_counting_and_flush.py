@@ -14,11 +14,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 
-from telemetry.export import CountingBatchSpanProcessor, DropLog
-from telemetry.metrics import TaskMetrics
+from tasklens.telemetry.export import CountingBatchSpanProcessor, DropLog
+from tasklens.telemetry.metrics import TaskMetrics
 
 # The module (the package re-exports its setup() function under the same name).
-telemetry_setup = importlib.import_module("telemetry.setup")
+telemetry_setup = importlib.import_module("tasklens.telemetry.setup")
 
 
 class GatedExporter(SpanExporter):

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import BackgroundTasks, FastAPI
 
-import runtime
+import tasklens
 from tests.conftest import Kit, task_spans
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +42,7 @@ async def test_first_of_a_bucket_and_every_outlier_get_exemplars(spans, kit: Kit
         background_tasks.add_task(slow)
         return "ok"
 
-    runtime.instrument(app, observers=kit.observers, loop_block_threshold=None)
+    tasklens.instrument(app, observers=kit.observers, loop_block_threshold=None)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         await client.get("/")

@@ -1,5 +1,5 @@
 """telemetry.multiprocess: the multiprocess directory is prepared safely, dead workers'
-live gauges are dropped, and deploy/gunicorn.conf.py refuses to start without a directory.
+live gauges are dropped, and tasklens/gunicorn_conf.py refuses to start without a directory.
 (The whole path, with gunicorn and four workers, is proven in tests/e2e/test_multiworker.py.)
 """
 
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from telemetry import multiprocess
-from telemetry.multiprocess import MultiprocessDirectoryError, prepare_directory
+from tasklens.telemetry import multiprocess
+from tasklens.telemetry.multiprocess import MultiprocessDirectoryError, prepare_directory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,12 +113,12 @@ def test_on_starting_prepares_the_directory(
 def test_gunicorn_config_requires_the_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     with pytest.raises(RuntimeError, match="set PROMETHEUS_MULTIPROC_DIR"):
-        runpy.run_path(str(REPO / "deploy" / "gunicorn.conf.py"))
+        runpy.run_path(str(REPO / "tasklens" / "gunicorn_conf.py"))
 
 
 def test_gunicorn_config_wires_the_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    config = runpy.run_path(str(REPO / "deploy" / "gunicorn.conf.py"))
+    config = runpy.run_path(str(REPO / "tasklens" / "gunicorn_conf.py"))
     assert config["worker_class"].endswith("UvicornWorker")
     assert config["preload_app"] is False
     (tmp_path / "gauge_livesum_7.db").write_bytes(b"x")

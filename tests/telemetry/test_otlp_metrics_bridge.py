@@ -6,8 +6,8 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
-from telemetry.metrics import TaskMetrics
-from telemetry.otlp_metrics import PrometheusOTLPBridge
+from tasklens.telemetry.metrics import TaskMetrics
+from tasklens.telemetry.otlp_metrics import PrometheusOTLPBridge
 from tests.support.otlp_receiver import OTLPReceiver
 
 

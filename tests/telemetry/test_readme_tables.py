@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from telemetry import contract
+from tasklens.telemetry import contract
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -7,10 +7,9 @@ import os
 
 from fastapi import BackgroundTasks, FastAPI
 
-import runtime
-import telemetry
+import tasklens
 
-telemetry.setup(service_name="core-e2e")
+tasklens.setup(service_name="core-e2e")
 app = FastAPI()
 SIDE_EFFECTS: list[str] = []
 
@@ -47,4 +46,4 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-runtime.instrument(app, on_error=os.environ.get("CORE_APP_ON_ERROR", "continue"))
+tasklens.instrument(app, on_error=os.environ.get("CORE_APP_ON_ERROR", "continue"))

@@ -25,11 +25,10 @@ from fastapi import BackgroundTasks, FastAPI
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
-import runtime
-import telemetry
+import tasklens
 from tests.e2e.apps.failure_rule import fails
 
-telemetry.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "reliability-e2e"))
+tasklens.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "reliability-e2e"))
 
 FAIL_EVERY = int(os.environ.get("RELIABILITY_FAIL_EVERY", "0"))
 THREADPOOL_SIZE = int(os.environ.get("RELIABILITY_THREADPOOL_SIZE", "16"))
@@ -143,4 +142,4 @@ def stats() -> dict:
     }
 
 
-runtime.instrument(app, threadpool_size=THREADPOOL_SIZE)
+tasklens.instrument(app, threadpool_size=THREADPOOL_SIZE)

@@ -31,10 +31,9 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client.parser import text_string_to_metric_families
 
-import runtime
-import telemetry
-from telemetry.export import CountingBatchSpanProcessor
-from telemetry.metrics import TaskMetrics
+import tasklens
+from tasklens.telemetry.export import CountingBatchSpanProcessor
+from tasklens.telemetry.metrics import TaskMetrics
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -89,7 +88,7 @@ def build(tasks: int) -> FastAPI:
             background_tasks.add_task(noop_sync if index < tasks // 2 else noop_async)
         return {"tasks": tasks}
 
-    runtime.instrument(app)
+    tasklens.instrument(app)
     return app
 
 
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ended = EndedSpans()
     provider.add_span_processor(ended)
     trace.set_tracer_provider(provider)
-    telemetry.setup(service_name="soak", span_logs=False)  # keeps the provider above
+    tasklens.setup(service_name="soak", span_logs=False)  # keeps the provider above
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     app = build(args.tasks)
     result = asyncio.run(drive(app, args.requests, args.warmup, args.checkpoints))

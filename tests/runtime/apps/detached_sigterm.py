@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import BackgroundTasks, FastAPI
 from prometheus_client import REGISTRY
 
-import runtime
+import tasklens
 
 TASKS_PER_REQUEST = int(os.environ.get("TASKLENS_TEST_TASKS_PER_REQUEST", "10"))
 SLOW_SECONDS = float(os.environ.get("TASKLENS_TEST_SLOW_SECONDS", "5"))
@@ -69,7 +69,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-runtime.instrument(
+tasklens.instrument(
     app,
     mode="detached",
     max_concurrency=int(os.environ.get("TASKLENS_TEST_MAX_CONCURRENCY", "50")),

@@ -1,7 +1,9 @@
 """gunicorn settings for a tasklens-instrumented app with several uvicorn workers.
 
     PROMETHEUS_MULTIPROC_DIR=/run/myservice-metrics \\
-        gunicorn -c deploy/gunicorn.conf.py myservice.main:app
+        gunicorn -c python:tasklens.gunicorn_conf myservice.main:app
+
+(or a copy written by ``tasklens export --out DIR``: ``gunicorn -c DIR/gunicorn.conf.py``).
 
 ``/metrics`` (any worker) then reports the sum over all workers. The directory is
 prepared when gunicorn starts (created if missing; refused if it is a symlink, a file, or
@@ -22,13 +24,13 @@ import os
 
 if not (os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "").strip():
     raise RuntimeError(
-        "deploy/gunicorn.conf.py: set PROMETHEUS_MULTIPROC_DIR to a directory reserved for "
+        "tasklens gunicorn config: set PROMETHEUS_MULTIPROC_DIR to a directory reserved for "
         "this service's metric files (e.g. /run/myservice-metrics); prometheus_client reads "
         "it when the workers start"
     )
 
 # Imported after the check above (it imports prometheus_client, which reads the variable).
-from telemetry import multiprocess
+from tasklens import multiprocess
 
 # uvicorn.workers is deprecated in favour of the uvicorn-worker package; use it if present.
 worker_class = (

@@ -1,13 +1,25 @@
-"""The ``tasklens`` command: ``tasklens demo`` runs the demo service."""
+"""The ``tasklens`` command: ``tasklens export`` writes the shipped dashboards, rules and
+gunicorn config; ``tasklens demo`` runs the demo service (extra ``tasklens[demo]``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+from pathlib import Path
+
+DEMO_NEEDS = ("fastapi", "uvicorn", "httpx")
 
 
 def _demo(args: argparse.Namespace) -> int:
+    missing = [name for name in DEMO_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"tasklens demo needs {', '.join(missing)}: pip install 'tasklens[demo]'",
+            file=sys.stderr,
+        )
+        return 2
     import uvicorn
 
     os.environ["TASKLENS_DEMO_PORT"] = str(args.port)
@@ -23,7 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     uvicorn.run(
-        "runtime.demo:create_app",
+        "tasklens.demo:create_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -33,10 +45,28 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from tasklens.artefacts import export
+
+    for path in export(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tasklens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the demo service")
+    export = sub.add_parser(
+        "export",
+        help="write the Grafana dashboards, Prometheus rules (file and PrometheusRule) and "
+        "gunicorn config",
+        description="Write the shipped artefacts under --out: dashboards/*.json, "
+        "prometheus/tasklens-alerts.yml, k8s/prometheusrule.yaml, gunicorn.conf.py. They are "
+        "generated with the defaults (SLO 0.99, scrape job 'tasklens'); for other values "
+        "regenerate from a clone of the repository: python -m dashboards --help.",
+    )
+    export.add_argument("--out", type=Path, required=True, help="directory to write into")
+    demo = sub.add_parser("demo", help="run the demo service (needs tasklens[demo])")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--self-traffic", action="store_true", help="send requests to itself")
@@ -46,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--mode", choices=["inline", "detached"], default="inline")
     demo.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    return 2  # pragma: no cover
+    if args.command == "export":
+        return _export(args)
+    return _demo(args)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ from fastapi import BackgroundTasks, Depends, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
-import runtime
-import telemetry
+import tasklens
 
 log = structlog.get_logger("demo")
 stdlib_log = logging.getLogger("demo.stdlib")
@@ -101,7 +100,7 @@ def get_query(background_tasks: BackgroundTasks, q: str | None = None) -> str | 
 
 def create_app() -> FastAPI:
     """Build the demo app from environment settings (used by ``tasklens demo``)."""
-    telemetry.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "tasklens-demo"))
+    tasklens.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "tasklens-demo"))
     fail_ratio = float(os.environ.get("TASKLENS_DEMO_FAIL_RATIO", "0.2"))
     self_traffic = os.environ.get("TASKLENS_DEMO_SELF_TRAFFIC", "") == "1"
 
@@ -146,7 +145,8 @@ def create_app() -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    runtime.instrument(app, mode=os.environ.get("TASKLENS_DEMO_MODE", "inline"))
+    mode = os.environ.get("TASKLENS_DEMO_MODE", "inline")
+    tasklens.instrument(app, mode="detached" if mode == "detached" else "inline")
     return app
 
 

@@ -1,0 +1,36 @@
+"""The closed sets the runtime decides and every observer reads: executors and outcomes.
+
+Telemetry's contract re-exports them as label values; they are defined here, on the ground
+floor, because the runtime is what makes the decision.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+Executor = Literal["event_loop", "thread_pool"]
+Outcome = Literal["success", "failure", "skipped", "cancelled", "abandoned"]
+
+#: Where a task ran.
+EXECUTOR_EVENT_LOOP: Final = "event_loop"
+EXECUTOR_THREAD_POOL: Final = "thread_pool"
+EXECUTORS: Final[tuple[Executor, ...]] = (EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_POOL)
+
+#: How a task ended. ``skipped``: not run because an earlier task of the same response
+#: failed under ``on_error="stop"``. ``cancelled``: cancelled while running.
+#: ``abandoned``: never started (shutdown, or its response was never sent).
+OUTCOME_SUCCESS: Final = "success"
+OUTCOME_FAILURE: Final = "failure"
+OUTCOME_SKIPPED: Final = "skipped"
+OUTCOME_CANCELLED: Final = "cancelled"
+OUTCOME_ABANDONED: Final = "abandoned"
+OUTCOMES: Final[tuple[Outcome, ...]] = (
+    OUTCOME_SUCCESS,
+    OUTCOME_FAILURE,
+    OUTCOME_SKIPPED,
+    OUTCOME_CANCELLED,
+    OUTCOME_ABANDONED,
+)
+
+#: Task name used for callables beyond the distinct-name limit.
+OTHER_TASK: Final = "other"

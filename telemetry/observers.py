@@ -1,0 +1,43 @@
+"""The default observers and the app-level telemetry of an instrumented app."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from starlette.applications import Starlette
+
+from tasklens.runtime import TaskObserver
+
+from .exposition import MetricsEndpointMiddleware, exclude_from_fastapi_telemetry
+from .logs import LogObserver
+from .metrics import MetricsObserver
+from .options import TelemetryOptions
+from .requests import RequestSpanMiddleware
+from .setup import flush
+from .spans import SpanObserver
+
+
+def default_observers(options: TelemetryOptions) -> list[TaskObserver]:
+    """Spans, metrics and logs, in that order: ``started`` runs them in order and
+    ``finished`` in reverse, so the task span is current while metrics and logs record."""
+    return [
+        SpanObserver(record_args=options.record_args),
+        MetricsObserver(),
+        LogObserver(record_args=options.record_args),
+    ]
+
+
+def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:
+    """Request spans (when nothing else makes them) and the ``/metrics`` endpoint, added
+    outside every middleware already on ``app`` (the metrics endpoint outermost)."""
+    if options.request_spans:
+        app.add_middleware(RequestSpanMiddleware)
+    if options.metrics_path:
+        app.add_middleware(MetricsEndpointMiddleware, path=options.metrics_path)
+        exclude_from_fastapi_telemetry(app, options.metrics_path)
+
+
+async def flush_at_shutdown() -> None:
+    """At the end of the app's lifespan: export what :func:`setup` buffered (bounded, see
+    :func:`flush`), off the event loop. uvicorn re-raises SIGTERM after the shutdown, so the
+    SDK's atexit flush never runs."""
+    await anyio.to_thread.run_sync(flush, abandon_on_cancel=True)

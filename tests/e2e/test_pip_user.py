@@ -1,0 +1,170 @@
+"""tasklens as pip delivers it: the sdist and the wheel built from a clean tree, installed into
+a fresh venv with nothing but their dependencies, used from outside the repository.
+
+Set ``PIP_CONSTRAINT`` (the lowest-versions run does) and the fresh venv gets those versions.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.metrics import scrape
+from tests.support.net import free_port
+from tests.support.polling import wait_for
+from tests.support.server import REPO, ServerProcess, clean_env
+
+PROMTOOL = shutil.which("promtool")
+
+
+def _run(*args: str | Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = clean_env()
+    env.pop("PYTHONPATH")
+    result = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sdist and wheel, the wheel built from the sdist (``python -m build``), of a copy of
+    the tracked files only (what a clean clone has, with uncommitted edits)."""
+    root = tmp_path_factory.mktemp("pip-user")
+    tree = root / "clone"
+    tracked = _run("git", "ls-files", "-z", cwd=REPO).stdout.split("\0")
+    for relative in filter(None, tracked):
+        source = REPO / relative
+        target = tree / relative
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    _run(sys.executable, "-m", "build", "--outdir", root / "dist", tree, cwd=root)
+    return root / "dist"
+
+
+@pytest.fixture(scope="module")
+def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh venv with the wheel and its dependencies, nothing else."""
+    root = tmp_path_factory.mktemp("venv")
+    _run(sys.executable, "-m", "venv", root / "venv", cwd=root)
+    python = root / "venv" / "bin" / "python"
+    (wheel,) = dist.glob("tasklens-*.whl")
+    _run(python, "-m", "pip", "install", "-q", wheel, cwd=root)
+    yield root / "venv"
+
+
+def test_wheel_installs_one_top_level_name_and_ships_the_artefacts(dist: Path) -> None:
+    (wheel,) = dist.glob("tasklens-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"tasklens"}
+    top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["tasklens"]
+    for shipped in (
+        "tasklens/py.typed",
+        "tasklens/runtime/runner.py",
+        "tasklens/telemetry/contract.py",
+        "tasklens/gunicorn_conf.py",
+        "tasklens/data/dashboards/overview.json",
+        "tasklens/data/dashboards/task.json",
+        "tasklens/data/prometheus/tasklens-alerts.yml",
+    ):
+        assert shipped in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_sdist_carries_tests_license_and_generator(dist: Path) -> None:
+    (sdist,) = dist.glob("tasklens-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    for needed in (
+        "LICENSE",
+        "Makefile",
+        "tests/runtime/test_core_scheduling.py",
+        "tests/support/server.py",
+        "dashboards/__main__.py",
+        "runtime/runner.py",
+        "ci/lowest.py",
+    ):
+        assert needed in names
+
+
+def test_export_writes_dashboards_rules_and_gunicorn_config(venv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(venv / "bin" / "tasklens", "export", "--out", out, cwd=tmp_path)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == [
+        "dashboards/overview.json",
+        "dashboards/task.json",
+        "gunicorn.conf.py",
+        "k8s/prometheusrule.yaml",
+        "prometheus/tasklens-alerts.yml",
+    ]
+    assert result.stdout.count("wrote ") == 5
+    for name in ("overview", "task"):
+        exported = (out / "dashboards" / f"{name}.json").read_text()
+        assert exported == (REPO / "tasklens" / "data" / "dashboards" / f"{name}.json").read_text()
+    rules = yaml.safe_load((out / "prometheus" / "tasklens-alerts.yml").read_text())
+    resource = yaml.safe_load((out / "k8s" / "prometheusrule.yaml").read_text())
+    assert resource["kind"] == "PrometheusRule" and resource["spec"] == rules
+    assert PROMTOOL is not None, "promtool missing: make test installs Debian's prometheus"
+    checked = subprocess.run(
+        [PROMTOOL, "check", "rules", str(out / "prometheus" / "tasklens-alerts.yml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert re.search(r"SUCCESS: \d+ rules found", checked.stdout)
+
+
+def test_demo_without_uvicorn_names_the_extra(venv: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(venv / "bin" / "tasklens"), "demo"], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "pip install 'tasklens[demo]'" in result.stderr
+
+
+def _readme_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- example:app -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README lost its runnable example"
+    return match.group(1)
+
+
+def test_readme_example_runs_under_uvicorn(venv: Path, tmp_path: Path) -> None:
+    python = venv / "bin" / "python"
+    _run(python, "-m", "pip", "install", "-q", "fastapi", "uvicorn", cwd=tmp_path)
+    (tmp_path / "app.py").write_text(_readme_example())
+    port = free_port()
+    env = clean_env()
+    env.pop("PYTHONPATH")
+    args = [str(python), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+    with ServerProcess(args, env, tmp_path / "server.log", port, cwd=tmp_path) as server:
+        server.wait_ready("/docs")
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            answer = client.post("/send-notification/ada@example.com")
+            assert answer.json() == {"message": "Notification sent in the background"}
+            finished = wait_for(
+                lambda: scrape(client).value(
+                    "bgtask_finished_total",
+                    task="app.write_notification",
+                    executor="thread_pool",
+                    outcome="success",
+                ),
+                10,
+                "the README task in /metrics",
+            )
+    assert finished == 1.0
+    assert (tmp_path / "log.txt").read_text() == "notification for ada@example.com: some notification"
