@@ -35,6 +35,7 @@ def lower_bounds(pyproject: Path) -> dict[str, str]:
 def check(pins: dict[str, str]) -> int:
     """Compare installed distributions with ``pins``; print each, return the exit status."""
     from importlib.metadata import PackageNotFoundError, version
+
     from packaging.version import Version
 
     wrong = 0

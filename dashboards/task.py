@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.models import dashboard as dashboard_m
 
-from dashboards import views
-from dashboards.layout import assemble, dashboard_link
-from dashboards.params import Params
+from dashboards import panels
+from dashboards.config import Params
 
 UID = "tasklens-task"
 TITLE = "Background tasks / Task"
@@ -18,53 +17,53 @@ def build(params: Params) -> dashboard_m.Dashboard:
         (
             "Summary",
             [
-                views.finished_per_second_stat("Runs finished / s"),
-                views.enqueued_per_second_stat(),
-                views.failure_ratio_stat(params.failure_ratio),
-                views.in_progress_stat(),
+                panels.finished_per_second_stat("Runs finished / s"),
+                panels.enqueued_per_second_stat(),
+                panels.failure_ratio_stat(params.failure_ratio),
+                panels.in_progress_stat(),
             ],
         ),
         (
             "Throughput and failures",
             [
-                views.throughput(("outcome", "executor"), "Throughput by outcome and executor"),
-                views.failure_ratio((), params.failure_ratio),
-                views.failures_by_exception(),
-                views.top_failures_table("Exception types"),
+                panels.throughput(("outcome", "executor"), "Throughput by outcome and executor"),
+                panels.failure_ratio((), params.failure_ratio),
+                panels.failures_by_exception(),
+                panels.top_failures_table("Exception types"),
             ],
         ),
         (
             "Duration",
             [
-                views.duration_quantiles(),
-                views.duration_p95_by("outcome"),
-                views.duration_heatmap(),
+                panels.duration_quantiles(),
+                panels.duration_p95_by("outcome"),
+                panels.duration_heatmap(),
             ],
         ),
         (
             "Queue time",
             [
-                views.queue_quantiles(params.queue_p95_seconds),
-                views.queue_heatmap(),
-                views.threadpool_wait(),
+                panels.queue_quantiles(params.queue_p95_seconds),
+                panels.queue_heatmap(),
+                panels.threadpool_wait(),
             ],
         ),
         (
             "Concurrency and the event loop",
             [
-                views.pending_and_in_progress(),
-                views.executor_share(),
-                views.threadpool_tokens(),
-                views.loop_blocking(()),
-                views.event_loop_lag(),
+                panels.pending_and_in_progress(),
+                panels.executor_share(),
+                panels.threadpool_tokens(),
+                panels.loop_blocking(()),
+                panels.event_loop_lag(),
             ],
         ),
     ]
-    return assemble(
+    return panels.assemble(
         TITLE,
         UID,
         "One background task: its throughput, failures, latency and where it runs.",
         rows,
         multi_task=False,
-        links=[dashboard_link("Background tasks")],
+        links=[panels.dashboard_link("Background tasks")],
     )

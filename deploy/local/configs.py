@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 PROMETHEUS_TEMPLATE = HERE / "prometheus.yml.tmpl"
 ALERTMANAGER_TEMPLATE = HERE / "alertmanager.yml.tmpl"
-DEFAULT_RULES = (REPO_ROOT / "deploy" / "prometheus" / "rules" / "tasklens-alerts.yml",)
+DEFAULT_RULES = (REPO_ROOT / "tasklens" / "data" / "prometheus" / "tasklens-alerts.yml",)
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from telemetry import contract
+from tasklens.telemetry import contract
 
 TASKS = (
     ("demo.tasks.send_email", contract.EXECUTOR_EVENT_LOOP),

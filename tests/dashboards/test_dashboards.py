@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards import build, queries
-from dashboards.params import Params
-from telemetry import contract
+from dashboards import config
+from dashboards.__main__ import render, write
+from dashboards.config import Params
+from tasklens import artefacts
+from tasklens.telemetry import contract
+from tests.dashboards import queries
 from tests.dashboards.tools import REPO_ROOT, assert_ok, run
 
-DASHBOARDS = {"tasklens-overview": build.OVERVIEW_JSON, "tasklens-task": build.TASK_JSON}
+DASHBOARDS = {"tasklens-overview": config.OVERVIEW_JSON, "tasklens-task": config.TASK_JSON}
 METRIC_TOKEN = re.compile(r"(?<![\w:])bgtask_\w+")
 VARIABLE_VALUES = {"job": "tasklens", "instance": queries.ALL, "task": ["demo.tasks.send_email"]}
 
@@ -47,19 +50,43 @@ def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
 def test_regenerating_changes_nothing(tmp_path: Path) -> None:
     result = run([sys.executable, "-m", "dashboards", "--out", str(tmp_path)])
     assert_ok(result)
-    for relative in build.render(Params()):
+    for relative in render(Params()):
         fresh = (tmp_path / relative).read_text(encoding="utf-8")
         committed = (REPO_ROOT / relative).read_text(encoding="utf-8")
         assert fresh == committed, f"{relative} is stale: run `python -m dashboards`"
     assert_ok(run([sys.executable, "-m", "dashboards", "--check"]))
 
 
+def test_every_generated_file_is_rendered_and_checked() -> None:
+    """The shipped data files and the repository's deploy files all come from one render."""
+    assert set(render(Params())) == {
+        "tasklens/data/dashboards/overview.json",
+        "tasklens/data/dashboards/task.json",
+        "tasklens/data/prometheus/tasklens-alerts.yml",
+        "deploy/k8s/prometheusrule.yaml",
+        "deploy/grafana/provisioning/datasources/datasources.yaml",
+    }
+
+
+def test_tasklens_export_writes_what_the_generator_renders(tmp_path: Path) -> None:
+    """``tasklens export`` (from the installed package) equals a fresh generation."""
+    files = render(Params())
+    artefacts.export(tmp_path)
+    for exported, generated in {
+        "dashboards/overview.json": config.OVERVIEW_JSON,
+        "dashboards/task.json": config.TASK_JSON,
+        "prometheus/tasklens-alerts.yml": config.RULES_YML,
+        artefacts.PROMETHEUS_RULE: config.PROMETHEUS_RULE_YAML,
+    }.items():
+        assert (tmp_path / exported).read_text(encoding="utf-8") == files[generated], exported
+
+
 def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
-    build.write(build.render(Params()), tmp_path)
-    (tmp_path / build.TASK_JSON).write_text("{}\n")
+    write(render(Params()), tmp_path)
+    (tmp_path / config.TASK_JSON).write_text("{}\n")
     result = run([sys.executable, "-m", "dashboards", "--check", "--out", str(tmp_path)])
     assert result.returncode == 1
-    assert build.TASK_JSON in result.stderr
+    assert config.TASK_JSON in result.stderr
 
 
 def test_titles_and_uids() -> None:
@@ -116,14 +143,14 @@ def test_queries_only_use_contract_metrics(dashboard: dict[str, Any]) -> None:
     for title, expr in queries.panel_queries(dashboard):
         for name in METRIC_TOKEN.findall(expr):
             assert name in known, (
-                f"{title!r} queries {name}, which telemetry.contract does not define"
+                f"{title!r} queries {name}, which the telemetry contract does not define"
             )
             used.add(name)
     assert used, "no bgtask_ metric found in any query"
 
 
 def test_overview_shows_every_contract_metric() -> None:
-    board = queries.load(build.OVERVIEW_JSON)
+    board = queries.load(config.OVERVIEW_JSON)
     text = "\n".join(expr for _, expr in queries.panel_queries(board))
     for spec in contract.ALL_METRICS:
         assert spec.name in text, f"no overview panel shows {spec.name}"
@@ -178,7 +205,7 @@ def test_queue_heatmap_reads_buckets(dashboard: dict[str, Any]) -> None:
 
 
 def test_overview_has_the_requested_views() -> None:
-    titles = {panel["title"] for panel in panels(queries.load(build.OVERVIEW_JSON))}
+    titles = {panel["title"] for panel in panels(queries.load(config.OVERVIEW_JSON))}
     for title in (
         "Throughput by task and outcome",
         "Failure ratio by task",
@@ -242,7 +269,7 @@ def test_substitute_unknown_variable_fails() -> None:
 
 
 def test_panel_queries_lists_every_target() -> None:
-    board = queries.load(build.OVERVIEW_JSON)
+    board = queries.load(config.OVERVIEW_JSON)
     pairs = queries.panel_queries(board)
     targets = sum(len(p["targets"]) for p in queries.iter_panels(board))
     assert len(pairs) == targets

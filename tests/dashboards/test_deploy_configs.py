@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards import alerts, build
+from dashboards import config, rules
 from deploy.local import configs
 from tests.dashboards.tools import REPO_ROOT, assert_ok, run
 
@@ -96,7 +97,7 @@ def test_rendered_local_alertmanager_config(tmp_path: Path, amtool: str) -> None
 
 
 def test_alertmanager_inhibitions_name_real_alerts() -> None:
-    names = set(alerts.alert_names())
+    names = set(rules.alert_names())
     for rule in load(DEPLOY / "alertmanager" / "alertmanager.yml")["inhibit_rules"]:
         for matcher in rule["source_matchers"] + rule["target_matchers"]:
             value = re.search(r'alertname=~?"([^"]+)"', matcher)
@@ -135,6 +136,23 @@ def test_compose_mounts_exist() -> None:
                 assert (COMPOSE_DIR / source).exists(), f"{name}: {source} does not exist"
 
 
+def test_compose_prometheus_loads_the_generated_rules() -> None:
+    """prometheus.yml names its rules relative to itself: the mounts must keep that path."""
+    prometheus = compose()["services"]["prometheus"]
+    flag = next(arg for arg in prometheus["command"] if arg.startswith("--config.file="))
+    config_path = Path(flag.split("=", 1)[1])
+    mounts = {
+        Path(target): (COMPOSE_DIR / source).resolve()
+        for source, target, *_ in (volume.split(":") for volume in prometheus["volumes"])
+        if source.startswith(".")
+    }
+    assert mounts[config_path] == DEPLOY / "prometheus" / "prometheus.yml"
+    (rule_file,) = load(DEPLOY / "prometheus" / "prometheus.yml")["rule_files"]
+    in_container = Path(os.path.normpath(config_path.parent / rule_file))
+    target = next(target for target in mounts if in_container.is_relative_to(target))
+    assert mounts[target] / in_container.relative_to(target) == REPO_ROOT / config.RULES_YML
+
+
 def test_compose_prometheus_flags() -> None:
     command = compose()["services"]["prometheus"]["command"]
     assert "--enable-feature=exemplar-storage" in command
@@ -156,7 +174,7 @@ def test_compose_app_runs_the_demo() -> None:
 
 
 def test_grafana_datasources() -> None:
-    sources = {s["uid"]: s for s in load(REPO_ROOT / build.DATASOURCES_YAML)["datasources"]}
+    sources = {s["uid"]: s for s in load(REPO_ROOT / config.DATASOURCES_YAML)["datasources"]}
     prometheus, tempo = sources["prometheus"], sources["tempo"]
     assert prometheus["type"] == "prometheus" and prometheus["isDefault"] is True
     assert prometheus["jsonData"]["exemplarTraceIdDestinations"] == [
@@ -176,7 +194,7 @@ def test_grafana_dashboard_provider_loads_the_generated_dashboards() -> None:
         v.rsplit(":", 1)[0].split(":", 1) for v in compose()["services"]["grafana"]["volumes"]
     )
     source = next(src for src, target in mounts.items() if target == path)
-    assert (COMPOSE_DIR / source).resolve() == (REPO_ROOT / "dashboards" / "generated")
+    assert (COMPOSE_DIR / source).resolve() == (REPO_ROOT / config.OVERVIEW_JSON).parent
 
 
 # --- Collector and Tempo ---------------------------------------------------------------------

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards import alerts, build, queries
-from dashboards.params import Params
-from telemetry import contract
+from dashboards import config, rules
+from dashboards.__main__ import render, write
+from dashboards.config import Params
+from tasklens.telemetry import contract
+from tests.dashboards import queries
 from tests.dashboards.tools import REPO_ROOT, assert_ok, run
 
-RULES = REPO_ROOT / build.RULES_YML
+RULES = REPO_ROOT / config.RULES_YML
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 UNIT_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 RUNBOOKS = REPO_ROOT / "docs" / "runbooks"
@@ -46,7 +48,9 @@ def test_promtool_unit_tests(promtool: str) -> None:
 
 def test_unit_tests_point_at_the_generated_rules() -> None:
     for path in UNIT_TESTS:
-        assert yaml.safe_load(path.read_text())["rule_files"] == ["../rules/tasklens-alerts.yml"]
+        assert yaml.safe_load(path.read_text())["rule_files"] == [
+            "../../../tasklens/data/prometheus/tasklens-alerts.yml"
+        ]
 
 
 def test_every_alert_is_tested_firing_and_silent() -> None:
@@ -56,7 +60,7 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
         for case in yaml.safe_load(path.read_text())["tests"]:
             for check in case.get("alert_rule_test", []):
                 (firing if check.get("exp_alerts") else silent).add(check["alertname"])
-    names = set(alerts.alert_names())
+    names = set(rules.alert_names())
     assert names == {rule["alert"] for rule in alerting_rules()}
     assert names - firing == set(), "alerts never tested firing"
     assert names - silent == set(), "alerts never tested silent"
@@ -66,7 +70,7 @@ def test_quiet_hour_unit_test_would_catch_a_missing_traffic_floor(
     tmp_path: Path, promtool: str
 ) -> None:
     """Generated without the traffic floor, the quiet-hour case pages: the test must notice."""
-    build.write(build.render(Params(failure_min_rate=0.0001)), tmp_path)
+    write(render(Params(failure_min_rate=0.0001)), tmp_path)
     tests = tmp_path / "deploy" / "prometheus" / "tests"
     tests.mkdir(parents=True)
     shutil.copy(PROMETHEUS_DIR / "tests" / "failure_ratio.yml", tests)
@@ -97,7 +101,7 @@ def test_failure_alert_fires_quickly() -> None:
 
 
 def test_runbook_for_every_alert() -> None:
-    for name in alerts.alert_names():
+    for name in rules.alert_names():
         path = RUNBOOKS / f"{name}.md"
         assert path.is_file(), f"missing runbook {path}"
         text = path.read_text()
@@ -122,18 +126,19 @@ def test_recording_rules_cover_every_burn_window() -> None:
         assert f"job_task:bgtask_error_budget_burn:rate{window}" in recorded
 
 
-def test_prometheus_rule_wraps_the_same_groups() -> None:
-    resource = yaml.safe_load((REPO_ROOT / build.PROMETHEUS_RULE_YAML).read_text())
+def test_prometheus_rule_wraps_the_rules_file() -> None:
+    resource = yaml.safe_load((REPO_ROOT / config.PROMETHEUS_RULE_YAML).read_text())
     assert resource["apiVersion"] == "monitoring.coreos.com/v1"
     assert resource["kind"] == "PrometheusRule"
     assert resource["metadata"]["name"] == "tasklens"
-    assert resource["spec"]["groups"] == rule_groups()
+    assert resource["metadata"]["labels"]["role"] == "alert-rules"
+    assert resource["spec"] == yaml.safe_load(RULES.read_text())
 
 
 @pytest.mark.parametrize("slo", ["0.995", "0.9"])
 def test_slo_is_configurable(tmp_path: Path, promtool: str, slo: str) -> None:
     assert_ok(run([sys.executable, "-m", "dashboards", "--slo", slo, "--out", str(tmp_path)]))
-    rules = tmp_path / build.RULES_YML
+    rules = tmp_path / config.RULES_YML
     assert_ok(run([promtool, "check", "rules", str(rules)]))
     budget = f"{1 - float(slo):g}"
     burn = [
@@ -146,13 +151,13 @@ def test_slo_is_configurable(tmp_path: Path, promtool: str, slo: str) -> None:
     assert all(r["labels"]["slo"] == slo for r in burn)
     text = rules.read_text()
     assert f"{float(slo) * 100:g}% success SLO" in text
-    resource = yaml.safe_load((tmp_path / build.PROMETHEUS_RULE_YAML).read_text())
-    assert resource["spec"]["groups"] == rule_groups(rules)
+    resource = yaml.safe_load((tmp_path / config.PROMETHEUS_RULE_YAML).read_text())
+    assert resource["spec"] == yaml.safe_load(text)
 
 
 def test_job_is_configurable(tmp_path: Path) -> None:
-    build.write(build.render(Params(job="shop")), tmp_path)
-    text = (tmp_path / build.RULES_YML).read_text()
+    write(render(Params(job="shop")), tmp_path)
+    text = (tmp_path / config.RULES_YML).read_text()
     assert 'up{job="shop"}' in text and 'job="tasklens"' not in text
 
 

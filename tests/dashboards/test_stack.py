@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from dashboards import build, queries
-from dashboards.params import Params
+from dashboards import config
+from dashboards.config import Params
+from dashboards.rules import write_rules
 from deploy.local import stack
+from tests.dashboards import queries
 from tests.dashboards.tools import require_tool
 
 FAKE_APP = Path(__file__).with_name("fake_app.py")
@@ -52,7 +54,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[stack.St
     require_tool("prometheus-alertmanager", "prometheus-alertmanager")
     state = tmp_path_factory.mktemp("stack")
     # The committed rules with `for: 0s` on the failure alert, so delivery is seen in seconds.
-    rules = build.write_rules(state / "rules.yml", Params(failure_for="0s"))
+    rules = write_rules(state / "rules.yml", Params(failure_for="0s"))
     with stack.WebhookReceiver() as receiver:
         options = stack.StackOptions(
             state_dir=state,
@@ -95,9 +97,9 @@ def test_prometheus_talks_to_alertmanager(
     assert [am["url"] for am in active] == [f"{running[0].alertmanager_url}/api/v2/alerts"]
 
 
-@pytest.mark.parametrize("relative", [build.OVERVIEW_JSON, build.TASK_JSON])
+@pytest.mark.parametrize("relative", [config.OVERVIEW_JSON, config.TASK_JSON])
 def test_every_panel_query_returns_data(prometheus: str, relative: str) -> None:
-    task = queries.ALL if relative == build.OVERVIEW_JSON else FLAKY
+    task = queries.ALL if relative == config.OVERVIEW_JSON else FLAKY
     values = {"job": "tasklens", "instance": queries.ALL, "task": task}
     end = time.time()
     empty = []
@@ -110,7 +112,7 @@ def test_every_panel_query_returns_data(prometheus: str, relative: str) -> None:
 
 
 def test_exemplars_reach_prometheus(prometheus: str) -> None:
-    board = queries.load(build.OVERVIEW_JSON)
+    board = queries.load(config.OVERVIEW_JSON)
     title, expr = next(pair for pair in queries.panel_queries(board) if "Duration p50" in pair[0])
     query = queries.substitute_variables(expr, {"job": "tasklens", "instance": ".*", "task": ".*"})
     end = time.time()

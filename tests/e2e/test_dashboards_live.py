@@ -37,10 +37,12 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from dashboards import build, queries
-from dashboards.params import Params
+from dashboards import config
+from dashboards.config import Params
+from dashboards.rules import write_rules
 from deploy.local import stack
 from deploy.local.configs import DEFAULT_RULES
+from tests.dashboards import queries
 from tests.dashboards.tools import require_tool
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 
@@ -51,11 +53,11 @@ pytestmark = pytest.mark.timeout(240)
 JOB = "tasklens"
 DEMO_ARGS = ("--rate", "30", "--fail-ratio", "0.3", "--traffic-seconds", "300")
 #: Sync and failing (30% of runs): failures, exception table, thread-pool wait.
-FAILING_TASK = "runtime.demo.capture_payment"
+FAILING_TASK = "tasklens.demo.capture_payment"
 #: ``async def`` that blocks the loop: the loop-blocking panels.
-ASYNC_TASK = "runtime.demo.rebuild_cache"
+ASYNC_TASK = "tasklens.demo.rebuild_cache"
 #: Plain ``def`` in the thread pool, never failing.
-SYNC_TASK = "runtime.demo.resize_image"
+SYNC_TASK = "tasklens.demo.resize_image"
 ALERT = "BgTaskFailureRatioHigh"
 #: The only parameter tuned for speed (default 1m); everything else is the committed value.
 TEST_PARAMS = Params(failure_for="10s")
@@ -280,7 +282,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     require_tool("prometheus-alertmanager", "prometheus-alertmanager")
     budget = Budget(MODULE_BUDGET)
     state = tmp_path_factory.mktemp("live-stack")
-    rules = build.write_rules(state / "rules" / "tasklens-alerts.yml", TEST_PARAMS)
+    rules = write_rules(state / "rules" / "tasklens-alerts.yml", TEST_PARAMS)
     with contextlib.ExitStack() as cleanup:
         otlp = cleanup.enter_context(OTLPReceiver())
         webhook = cleanup.enter_context(stack.WebhookReceiver())
@@ -372,7 +374,7 @@ def test_dashboard_variables_offer_the_demo(live: Live) -> None:
 
 @pytest.mark.parametrize("selection", ["All", "every task"])
 def test_every_overview_panel_has_data(live: Live, selection: str) -> None:
-    board = queries.load(build.OVERVIEW_JSON)
+    board = queries.load(config.OVERVIEW_JSON)
     panels = panels_of(board)
     instance = live.stack.app_target
     task: queries.Value = queries.ALL
@@ -402,7 +404,7 @@ def test_every_overview_panel_has_data(live: Live, selection: str) -> None:
 def test_every_task_panel_has_data_for_a_real_task(live: Live) -> None:
     """Each panel of the Task dashboard shows data for at least one task the variable offers;
     panels that need a kind of task show it for that kind and stay empty for the other."""
-    board = queries.load(build.TASK_JSON)
+    board = queries.load(config.TASK_JSON)
     panels = panels_of(board)
     instance = live.stack.app_target
     assert set(PANEL_NEEDS) <= {p.title for p in panels}, "a panel was renamed"
@@ -522,7 +524,7 @@ def test_failure_alert_goes_pending_then_firing_and_reaches_the_webhook(live: Li
     annotations = alert["annotations"]
     assert FAILING_TASK in annotations["summary"]
     assert annotations["runbook_url"] == f"docs/runbooks/{ALERT}.md"
-    assert (build.REPO_ROOT / annotations["runbook_url"]).is_file()
+    assert (config.REPO_ROOT / annotations["runbook_url"]).is_file()
     assert annotations["dashboard_url"] == f"/d/tasklens-task?var-job={JOB}&var-task={FAILING_TASK}"
     assert annotations["description"]
     live.report["alert"] = {
@@ -585,7 +587,7 @@ def test_an_exemplar_opens_the_task_span_under_its_request_span(live: Live) -> N
 
     # The same exemplar is on the Task dashboard's duration panel for that task (what Grafana
     # asks for when the panel's exemplar toggle is on, and what a click opens).
-    board = queries.load(build.TASK_JSON)
+    board = queries.load(config.TASK_JSON)
     panel = next(p for p in panels_of(board) if p.title == "Duration p50 / p95 / p99")
     target = next(t for t in panel.targets if t.exemplar)
     query = queries.substitute_variables(

@@ -167,4 +167,5 @@ def test_readme_example_runs_under_uvicorn(venv: Path, tmp_path: Path) -> None:
                 "the README task in /metrics",
             )
     assert finished == 1.0
-    assert (tmp_path / "log.txt").read_text() == "notification for ada@example.com: some notification"
+    written = (tmp_path / "log.txt").read_text()
+    assert written == "notification for ada@example.com: some notification"

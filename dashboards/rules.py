@@ -1,15 +1,82 @@
-"""Alert rules. Names of metrics come from the contract; thresholds from :class:`Params`."""
+"""The Prometheus rules: recording rules (per-task rates, failure ratio, error-budget burn),
+the alerts, and their serialisation as a rules file. Metric names come from the contract,
+thresholds from :class:`Params`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from dashboards import overview, promql, recording, task
-from dashboards.params import Params
-from telemetry import contract
+import yaml
+
+from dashboards import overview, task
+from dashboards.config import Params, eq, quantile, rate, series, sum_by
+from tasklens.telemetry import contract
 
 Rule = dict[str, object]
+
+# --- Recording rules ----------------------------------------------------------------------
+
+#: Windows of the multi-window, multi-burn-rate SLO alerts (Google SRE workbook, chapter 5).
+WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+#: Recording rules aggregate to one series per job and task.
+BY = ("job", "task")
+
+
+def finished_rate(window: str) -> str:
+    """Name of the recorded per-task rate of finished tasks (any outcome)."""
+    return f"job_task:{contract.FINISHED.name}:rate{window}"
+
+
+def failed_rate(window: str) -> str:
+    """Name of the recorded per-task rate of failed tasks."""
+    return f"job_task:{contract.FINISHED.name}_{contract.OUTCOME_FAILURE}:rate{window}"
+
+
+def failure_ratio(window: str) -> str:
+    """Name of the recorded per-task failure ratio (failed / finished)."""
+    return f"job_task:bgtask_failure_ratio:rate{window}"
+
+
+def burn_rate(window: str) -> str:
+    """Name of the recorded error-budget burn rate (failure ratio / (1 - SLO))."""
+    return f"job_task:bgtask_error_budget_burn:rate{window}"
+
+
+def finished_rate_expr(params: Params, window: str, *matchers: str) -> str:
+    """``sum by (job, task) (rate(bgtask_finished_total{job=...}[window]))``."""
+    selector = series(contract.FINISHED, eq("job", params.job), *matchers)
+    return sum_by(BY, rate(selector, window))
+
+
+def failed_rate_expr(params: Params, window: str) -> str:
+    """Like :func:`finished_rate_expr`, failures only."""
+    return finished_rate_expr(params, window, eq("outcome", contract.OUTCOME_FAILURE))
+
+
+def recording_rules(params: Params) -> list[Rule]:
+    """Four rules per window, each building on the previous (rules of a group run in order)."""
+    recorded: list[Rule] = []
+    for window in WINDOWS:
+        recorded += [
+            {"record": finished_rate(window), "expr": finished_rate_expr(params, window)},
+            {"record": failed_rate(window), "expr": failed_rate_expr(params, window)},
+            {
+                "record": failure_ratio(window),
+                "expr": f"{failed_rate(window)}\n/\n{finished_rate(window)}",
+            },
+            {
+                "record": burn_rate(window),
+                "expr": f"{failure_ratio(window)} / {params.error_budget:g}",
+                "labels": {"slo": f"{params.slo:g}"},
+            },
+        ]
+    return recorded
+
+
+# --- Alerts -------------------------------------------------------------------------------
 
 CRITICAL = "critical"
 WARNING = "warning"
@@ -66,9 +133,9 @@ def _pct(value: float) -> str:
 def failure_ratio_high(p: Params) -> Alert:
     """A task fails often while it has real traffic."""
     w = p.failure_window
-    finished = recording.finished_rate_expr(p, w)
+    finished = finished_rate_expr(p, w)
     expr = (
-        f"(\n  {recording.failed_rate_expr(p, w)}\n/\n  {finished}\n) > {_num(p.failure_ratio)}\n"
+        f"(\n  {failed_rate_expr(p, w)}\n/\n  {finished}\n) > {_num(p.failure_ratio)}\n"
         f"and on (job, task)\n  {finished} > {_num(p.failure_min_rate)}"
     )
     return Alert(
@@ -88,11 +155,11 @@ def _burn_expr(pairs: tuple[tuple[str, str, float], ...], min_rate: float | None
     branches = []
     for long, short, factor in pairs:
         terms = [
-            f"{recording.burn_rate(long)} > {_num(factor)}",
-            f"{recording.burn_rate(short)} > {_num(factor)}",
+            f"{burn_rate(long)} > {_num(factor)}",
+            f"{burn_rate(short)} > {_num(factor)}",
         ]
         if min_rate is not None:
-            terms.append(f"{recording.finished_rate(short)} > {_num(min_rate)}")
+            terms.append(f"{finished_rate(short)} > {_num(min_rate)}")
         branches.append("(\n  " + "\n  and on (job, task)\n  ".join(terms) + "\n)")
     return "\nor\n".join(branches)
 
@@ -133,12 +200,10 @@ def error_budget_burn_slow(p: Params) -> Alert:
 
 def queue_time_high(p: Params) -> Alert:
     """Tasks wait long between add_task and their start."""
-    quantile = promql.quantile(
-        0.95, contract.QUEUE_SECONDS, [promql.eq("job", p.job)], ("job", "task"), "5m"
-    )
+    p95 = quantile(0.95, contract.QUEUE_SECONDS, [eq("job", p.job)], ("job", "task"), "5m")
     return Alert(
         "BgTaskQueueTimeHigh",
-        f"{quantile}\n> {_num(p.queue_p95_seconds)}",
+        f"{p95}\n> {_num(p.queue_p95_seconds)}",
         p.queue_for,
         WARNING,
         "Background task {{ $labels.task }} waits long before it starts",
@@ -153,9 +218,7 @@ def threadpool_saturated(p: Params) -> Alert:
     """Sync tasks have (almost) no free thread-pool slot."""
 
     def tokens(state: str) -> str:
-        selector = promql.series(
-            contract.THREADPOOL_TOKENS, promql.eq("job", p.job), promql.eq("state", state)
-        )
+        selector = series(contract.THREADPOOL_TOKENS, eq("job", p.job), eq("state", state))
         return f"avg_over_time({selector}[5m])"
 
     return Alert(
@@ -174,7 +237,7 @@ def threadpool_saturated(p: Params) -> Alert:
 
 def pending_growing(p: Params) -> Alert:
     """The backlog of tasks not started yet keeps growing."""
-    pending = promql.series(contract.PENDING, promql.eq("job", p.job))
+    pending = series(contract.PENDING, eq("job", p.job))
     return Alert(
         "BgTaskPendingGrowing",
         f"{pending} > {_num(p.pending_floor)}\nand\nderiv({pending}[10m]) > 0",
@@ -190,7 +253,7 @@ def pending_growing(p: Params) -> Alert:
 
 def target_down(p: Params) -> Alert:
     """Prometheus cannot scrape the application (or finds no target at all)."""
-    up = f"up{{{promql.eq('job', p.job)}}}"
+    up = f"up{{{eq('job', p.job)}}}"
     return Alert(
         "BgTaskTargetDown",
         f"{up} == 0\nor\nabsent({up})",
@@ -223,3 +286,51 @@ def alerts(params: Params) -> list[Alert]:
 def alert_names() -> list[str]:
     """The alert names (independent of parameters)."""
     return [alert.name for alert in alerts(Params())]
+
+
+# --- The rules file -----------------------------------------------------------------------
+
+HEADER = (
+    "# Generated by `python -m dashboards` from telemetry/contract.py: do not edit by hand.\n"
+    "# SLO {slo:g}, job {job!r}. Regenerate with other values: python -m dashboards --help\n"
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (PromQL) as literal blocks; everything else as usual."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def groups(params: Params) -> list[dict[str, Any]]:
+    """The rule groups: recording rules first (alerts read them), then the alerts."""
+    return [
+        {"name": "tasklens.recording", "rules": recording_rules(params)},
+        {
+            "name": "tasklens.alerts",
+            "rules": [alert.rule(params) for alert in alerts(params)],
+        },
+    ]
+
+
+def dump(document: object) -> str:
+    """YAML with stable key order and literal-block PromQL."""
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+def prometheus_rules(params: Params) -> str:
+    """A plain Prometheus ``rule_files`` document."""
+    return HEADER.format(slo=params.slo, job=params.job) + dump({"groups": groups(params)})
+
+
+def write_rules(path: Path, params: Params) -> Path:
+    """Write only the rules file for ``params`` (e.g. a test variant) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prometheus_rules(params), encoding="utf-8")
+    return path

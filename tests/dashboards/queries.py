@@ -1,6 +1,6 @@
 """Read the PromQL back out of a dashboard, and substitute variables the way Grafana does.
 
-The end-to-end test uses these to run every panel query against a real Prometheus.
+The stack and live tests use these to run every panel query against a real Prometheus.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dashboards.build import OVERVIEW_JSON, REPO_ROOT, TASK_JSON
+from dashboards.config import OVERVIEW_JSON, REPO_ROOT, TASK_JSON
 
 #: Pass this (or the list of every value) for a multi-value variable set to "All".
 ALL = "$__all"
