@@ -22,7 +22,7 @@ from dashboards.config import (
     series,
     sum_by,
 )
-from tasklens.artefacts import prometheus_rule_resource
+from tasklens.artefacts import prometheus_rule_resource, write
 from tasklens.telemetry import contract
 
 # --- Grafana data-source provisioning (the compose stack) -----------------------------------
@@ -119,17 +119,6 @@ def render(params: Params) -> dict[str, str]:
         PROMETHEUS_RULE_YAML: prometheus_rule_resource(rules_text),
         DATASOURCES_YAML: datasources_yaml(),
     }
-
-
-def write(files: dict[str, str], root: Path) -> list[Path]:
-    """Write ``files`` under ``root`` (creating directories); return the written paths."""
-    written = []
-    for relative, content in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
-        written.append(path)
-    return written
 
 
 def stale(files: dict[str, str], root: Path) -> list[str]:

@@ -62,9 +62,14 @@ def export(out: Path) -> list[Path]:
     contents[GUNICORN_CONF] = (
         files("tasklens").joinpath("gunicorn_conf.py").read_text(encoding="utf-8")
     )
+    return write(contents, out)
+
+
+def write(files: dict[str, str], root: Path) -> list[Path]:
+    """Write ``files`` (path under ``root`` -> text), creating folders; return the paths."""
     written = []
-    for relative, content in contents.items():
-        path = out / relative
+    for relative, content in files.items():
+        path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")
         written.append(path)
