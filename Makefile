@@ -55,7 +55,7 @@ $(LOWEST)/constraints.txt: pyproject.toml ci/lowest.py
 test-lowest: $(LOWEST)/constraints.txt system-deps
 	$(MAKE) install VENV=$(LOWEST) PIP_EXTRA="-c $(LOWEST)/constraints.txt"
 	$(LOWEST)/bin/python ci/lowest.py --check
-	$(LOWEST)/bin/python -m pytest
+	PIP_CONSTRAINT=$(CURDIR)/$(LOWEST)/constraints.txt $(LOWEST)/bin/python -m pytest
 
 demo: $(STAMP)
 	$(BIN)/tasklens demo --self-traffic

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from dataclasses import dataclass, field
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
 
@@ -110,6 +111,16 @@ def flush(timeout: float | None = None) -> bool:
     return False
 
 
+def _resource(service_name: str) -> Resource:
+    """The service's resource, with a ``service.instance.id`` per process (what recent SDKs
+    adds by itself; older ones don't), so that several workers exporting over OTLP stay
+    apart. One set in ``OTEL_RESOURCE_ATTRIBUTES`` is kept."""
+    resource = Resource.create({SERVICE_NAME: service_name})
+    if SERVICE_INSTANCE_ID not in resource.attributes:
+        resource = resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
+    return resource
+
+
 def _metric_interval() -> float:
     raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")
     try:
@@ -146,7 +157,7 @@ def setup(
             return _handle
         if configure_logs:
             configure_logging()
-        resource = Resource.create({SERVICE_NAME: service_name})
+        resource = _resource(service_name)
         task_metrics = TaskMetrics.for_registry()
         traces_on = otlp_configured("traces", otlp_endpoint)
         metrics_on = otlp_configured("metrics", otlp_endpoint)

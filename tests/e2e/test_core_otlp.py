@@ -79,7 +79,7 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
     servers = {
         s.trace_id: s
         for s in all_spans
-        if s.kind == 2 and s.attributes.get("url.path", "").startswith("/orders/")
+        if s.kind == 2 and s.url_path.startswith("/orders/")
     }
     assert set(servers) == set(parents)
     for trace_id, server_span in servers.items():
@@ -101,7 +101,7 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
         assert charge.attributes["code.namespace"] == "tests.e2e.apps.core_app"
         assert "bgtask.threadpool_wait_seconds" in charge.attributes
         assert "bgtask.threadpool_wait_seconds" not in notify.attributes
-        order = int(server_span.attributes["url.path"].rsplit("/", 1)[1])
+        order = int(server_span.url_path.rsplit("/", 1)[1])
         if order in FAILING:
             assert notify.attributes["bgtask.outcome"] == "failure"
             assert notify.attributes["error.type"] == "tests.e2e.apps.core_app.InventoryError"

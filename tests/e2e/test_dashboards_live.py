@@ -583,7 +583,7 @@ def test_an_exemplar_opens_the_task_span_under_its_request_span(live: Live) -> N
     assert task.attributes["bgtask.name"] == labels["task"]
     assert task.attributes["bgtask.outcome"] == labels["outcome"]
     assert server.parent_span_id == ""  # the self-traffic request starts the trace
-    assert server.attributes.get("url.path"), server.attributes
+    assert server.url_path, server.attributes
 
     # The same exemplar is on the Task dashboard's duration panel for that task (what Grafana
     # asks for when the panel's exemplar toggle is on, and what a click opens).
@@ -602,6 +602,6 @@ def test_an_exemplar_opens_the_task_span_under_its_request_span(live: Live) -> N
         "trace_id": exemplar["labels"]["trace_id"],
         "task span": task.span_id,
         "parent = server span": server.span_id,
-        "url.path": server.attributes.get("url.path"),
+        "url.path": server.url_path,
         "exemplars whose trace arrived (all proven the same way)": len(resolved),
     }

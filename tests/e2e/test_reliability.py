@@ -199,7 +199,13 @@ def test_sick_collector_costs_no_throughput_and_drops_are_counted(tmp_path: Path
                 run.server.start()
             for run in runs:
                 run.server.wait_ready()
-                run.client = httpx.Client(base_url=run.server.base_url, timeout=10)
+                # Idle while the other runs take their turn: drop pooled connections before
+                # uvicorn's 5 s keep-alive timeout closes them under a request (a reset).
+                run.client = httpx.Client(
+                    base_url=run.server.base_url,
+                    timeout=10,
+                    limits=httpx.Limits(keepalive_expiry=2.0),
+                )
                 run.one_round(WARMUP_REQUESTS)
                 run.rounds.clear()
                 run.cpu_rounds.clear()

@@ -18,14 +18,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import httpx
+import pytest
 from fastapi import BackgroundTasks, FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.http import parse_excluded_urls
+from packaging.version import Version
 
 import tasklens
 from tests.runtime.helpers import Probe, serve
@@ -98,7 +102,7 @@ def _measure(mode: str, probe: Probe) -> Measured:
     # Wrapped outside FastAPI, so FastAPI keeps its native telemetry on.
     asgi = OpenTelemetryMiddleware(
         app,
-        excluded_urls="metrics",
+        excluded_urls=parse_excluded_urls("metrics"),  # older instrumentation takes no str
         tracer_provider=TracerProvider(),
         meter_provider=meter_provider,
     )
@@ -141,6 +145,10 @@ def _measure(mode: str, probe: Probe) -> Measured:
     )
 
 
+@pytest.mark.skipif(
+    Version(version("fastapi")) < Version("0.143"),
+    reason="compares with the request metric of FastAPI >= 0.143's native telemetry",
+)
 def test_detached_request_latency_excludes_task_time(probe: Probe) -> None:
     inline = _measure("inline", probe)
     detached = _measure("detached", probe)

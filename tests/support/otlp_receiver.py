@@ -100,6 +100,14 @@ class ReceivedSpan:
     scope: str
     transport: Transport
 
+    @property
+    def url_path(self) -> str:
+        """A server span's request path: ``url.path`` (stable HTTP conventions, FastAPI's
+        native telemetry), else ``http.target`` (opentelemetry-instrumentation-asgi's default
+        conventions, what tasklens's own request spans use on FastAPI < 0.142), query cut."""
+        value = self.attributes.get("url.path") or self.attributes.get("http.target") or ""
+        return str(value).split("?", 1)[0]
+
 
 @dataclass(frozen=True, kw_only=True)
 class ReceivedMetricPoint:

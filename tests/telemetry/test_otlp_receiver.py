@@ -41,7 +41,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import LogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -61,6 +61,11 @@ from tests.support.otlp_receiver import (
     Transport,
     free_port,
 )
+
+try:
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+except ImportError:  # opentelemetry-sdk < 1.39 names it LogExporter
+    from opentelemetry.sdk._logs.export import LogExporter as LogRecordExporter  # type: ignore
 
 AnySpanExporter = HTTPSpanExporter | GRPCSpanExporter
 TRANSPORTS: tuple[Transport, ...] = ("http", "grpc")
