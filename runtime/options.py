@@ -60,16 +60,6 @@ class RuntimeOptions:
         """Tasks run in the lifespan's task group, after the response's cycle ended."""
         return self.mode == "detached"
 
-    @classmethod
-    def names(cls) -> frozenset[str]:
-        """The option names this class accepts."""
-        return option_names(cls)
-
-
-def option_names(cls: type) -> frozenset[str]:
-    """The field names of an options dataclass."""
-    return frozenset(f.name for f in fields(cls))
-
 
 def validate(options: object, checks: Iterable[Check]) -> None:
     """Raise ``ValueError`` naming the first invalid option and what it expects."""
@@ -80,8 +70,9 @@ def validate(options: object, checks: Iterable[Check]) -> None:
             )
 
 
-def split_options(kwargs: dict[str, Any], *groups: frozenset[str]) -> list[dict[str, Any]]:
-    """Split keyword options among option groups, naming any unknown keyword."""
+def split_options(kwargs: dict[str, Any], *classes: type) -> list[dict[str, Any]]:
+    """Split keyword options among options dataclasses (by field name), naming any unknown."""
+    groups = [frozenset(f.name for f in fields(cls)) for cls in classes]
     known = frozenset().union(*groups)
     unknown = sorted(set(kwargs) - known)
     if unknown:

@@ -13,12 +13,9 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-#: Files of the package's ``data`` folder, by their path under the export directory.
-SHIPPED = {
-    "dashboards/overview.json": "dashboards/overview.json",
-    "dashboards/task.json": "dashboards/task.json",
-    "prometheus/tasklens-alerts.yml": "prometheus/tasklens-alerts.yml",
-}
+#: Files of the package's ``data`` folder, exported under the same paths.
+RULES = "prometheus/tasklens-alerts.yml"
+SHIPPED = ("dashboards/overview.json", "dashboards/task.json", RULES)
 PROMETHEUS_RULE = "k8s/prometheusrule.yaml"
 GUNICORN_CONF = "gunicorn.conf.py"
 
@@ -42,7 +39,7 @@ def data_file(relative: str) -> Traversable:
 
 def rules_text() -> str:
     """The shipped Prometheus rules file."""
-    return data_file(SHIPPED["prometheus/tasklens-alerts.yml"]).read_text(encoding="utf-8")
+    return data_file(RULES).read_text(encoding="utf-8")
 
 
 def prometheus_rule_resource(rules: str) -> str:
@@ -56,8 +53,7 @@ def prometheus_rule_resource(rules: str) -> str:
 
 def export(out: Path) -> list[Path]:
     """Write every shipped artefact under ``out``; return the written paths."""
-    contents = {target: data_file(source).read_text(encoding="utf-8")
-                for target, source in SHIPPED.items()}  # fmt: skip
+    contents = {relative: data_file(relative).read_text(encoding="utf-8") for relative in SHIPPED}
     contents[PROMETHEUS_RULE] = prometheus_rule_resource(rules_text())
     contents[GUNICORN_CONF] = (
         files("tasklens").joinpath("gunicorn_conf.py").read_text(encoding="utf-8")

@@ -43,9 +43,7 @@ def instrument(
         raise TypeError(
             f"instrument() expects a FastAPI or Starlette application, got {type(app).__name__}"
         )
-    runtime_kwargs, telemetry_kwargs = split_options(
-        options, RuntimeOptions.names(), TelemetryOptions.names()
-    )
+    runtime_kwargs, telemetry_kwargs = split_options(options, RuntimeOptions, TelemetryOptions)
     runtime_options = RuntimeOptions(**runtime_kwargs)
     telemetry_options = TelemetryOptions(**telemetry_kwargs)
     existing: tuple[TaskRunner, TelemetryOptions] | None = getattr(app.state, _STATE_ATTR, None)

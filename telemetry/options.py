@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasklens.runtime.options import option_names, validate
+from tasklens.runtime.options import validate
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,3 @@ class TelemetryOptions:
             ("record_args", isinstance(self.record_args, bool), "True or False"),
             ("request_spans", isinstance(self.request_spans, bool), "True or False"),
         ])  # fmt: skip
-
-    @classmethod
-    def names(cls) -> frozenset[str]:
-        """The option names this class accepts."""
-        return option_names(cls)
