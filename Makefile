@@ -41,6 +41,7 @@ typecheck-tree:
 
 lint: $(STAMP) typecheck-tree
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m dashboards --check
 

@@ -9,10 +9,14 @@ dead (see :mod:`telemetry.multiprocess`); exemplars are not available there.
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,12 +27,36 @@ from .multiprocess import ENV, directory_from_env
 _logger = logging.getLogger("tasklens.telemetry")
 
 
+_HEADER_BYTES = 8  # prometheus_client's file header: 4 bytes "used", 4 bytes padding
+
+
+class WorkerFilesCollector(MultiProcessCollector):  # type: ignore[misc]
+    """prometheus_client's ``MultiProcessCollector``, minus files too short to hold a header.
+
+    A worker creates its file empty and sizes it a moment later; a worker killed in
+    between leaves it empty for ever. prometheus_client reads such a file with
+    ``struct.error`` and the whole scrape answers 500 (prometheus/client_python#1199).
+    An empty file holds no sample, so skipping it loses nothing.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        files = [path for path in glob.glob(os.path.join(self._path, "*.db")) if _has_header(path)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-any-return]
+
+
+def _has_header(path: str) -> bool:
+    try:
+        return os.stat(path).st_size >= _HEADER_BYTES
+    except FileNotFoundError:  # a dead worker's live gauge, removed since the glob
+        return False
+
+
 def metrics_registry() -> CollectorRegistry:
     """The registry /metrics exposes (a multiprocess collector when several workers write)."""
     if multiprocess_mode():
         directory = directory_from_env()
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(directory) if directory else None)
+        WorkerFilesCollector(registry, path=str(directory) if directory else None)
         return registry
     if directory_from_env() is not None:
         _logger.warning(

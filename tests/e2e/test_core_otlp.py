@@ -77,9 +77,7 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
     assert len(spans) == 2 * REQUESTS
     assert {s.transport for s in spans} == {"grpc" if protocol == "grpc" else "http"}
     servers = {
-        s.trace_id: s
-        for s in all_spans
-        if s.kind == 2 and s.url_path.startswith("/orders/")
+        s.trace_id: s for s in all_spans if s.kind == 2 and s.url_path.startswith("/orders/")
     }
     assert set(servers) == set(parents)
     for trace_id, server_span in servers.items():

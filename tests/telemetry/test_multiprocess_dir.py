@@ -124,3 +124,30 @@ def test_gunicorn_config_wires_the_hooks(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "gauge_livesum_7.db").write_bytes(b"x")
     config["child_exit"](None, SimpleNamespace(pid=7))
     assert not (tmp_path / "gauge_livesum_7.db").exists()
+
+
+def test_scrape_survives_an_empty_worker_file(tmp_path: Path) -> None:
+    """A worker killed between creating and sizing its file leaves it empty: prometheus_client's
+    own collector fails the whole scrape on it; tasklens's skips it and sums the rest."""
+    import struct
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from tasklens.telemetry.exposition import WorkerFilesCollector
+
+    live = MmapedDict(str(tmp_path / "counter_101.db"))
+    key = mmap_key("bgtask_enqueued", "bgtask_enqueued_total", ("task",), ("t",), "help")
+    live.write_value(key, 7.0, 0.0)
+    live.close()
+    (tmp_path / "counter_102.db").write_bytes(b"")
+
+    upstream = CollectorRegistry()
+    MultiProcessCollector(upstream, path=str(tmp_path))
+    with pytest.raises(struct.error):
+        generate_latest(upstream)
+
+    ours = CollectorRegistry()
+    WorkerFilesCollector(ours, path=str(tmp_path))
+    assert 'bgtask_enqueued_total{task="t"} 7.0' in generate_latest(ours).decode()
