@@ -1,4 +1,5 @@
-"""Span and metric exporters chosen from the standard ``OTEL_*`` environment variables."""
+"""Span and metric exporters chosen from the standard ``OTEL_*`` environment variables
+(``OTEL_<SIGNAL>_EXPORTER``, ``OTEL_EXPORTER_OTLP_*``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from opentelemetry.sdk.metrics.export import MetricExporter
@@ -20,6 +21,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from .metrics import TaskMetrics
 
 PROTOCOLS = ("http/protobuf", "grpc")
+Signal = Literal["traces", "metrics", "logs"]
+#: What ``OTEL_<SIGNAL>_EXPORTER`` may name (``prometheus``: the ``/metrics`` endpoint, which
+#: ``instrument`` serves anyway, so it selects no exporter here).
+EXPORTERS: dict[str, frozenset[str]] = {
+    "traces": frozenset({"otlp", "console", "none"}),
+    "metrics": frozenset({"otlp", "console", "none", "prometheus"}),
+    "logs": frozenset({"otlp", "console", "none"}),
+}
 _logger = logging.getLogger("tasklens.telemetry")
 
 
@@ -46,6 +55,30 @@ def otlp_configured(signal: str, explicit_endpoint: str | None = None) -> bool:
     )
 
 
+def exporter_names(signal: Signal, otlp_by_default: bool) -> tuple[str, ...]:
+    """The exporters ``OTEL_<SIGNAL>_EXPORTER`` names (a comma list, as in the spec;
+    ``none``: no exporter). Unset: ``("otlp",)`` when ``otlp_by_default`` (an endpoint is
+    configured), else none. An unknown name is a ValueError naming the variable."""
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    raw = os.environ.get(variable, "")
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    if not names:
+        return ("otlp",) if otlp_by_default else ()
+    unknown = [n for n in names if n not in EXPORTERS[signal]]
+    if unknown:
+        raise ValueError(
+            f"{variable}={raw!r}: unknown exporter {unknown[0]!r}; tasklens supports "
+            f"{', '.join(sorted(EXPORTERS[signal]))}"
+        )
+    chosen = [n for n in names if n not in ("none", "prometheus")]
+    return tuple(dict.fromkeys(chosen))
+
+
+def describe(name: str, signal: Signal, protocol: str | None = None) -> str:
+    """How an exporter shows in ``Telemetry.exporting``: ``OTLP grpc``, ``console``."""
+    return f"OTLP {otlp_protocol(signal, protocol)}" if name == "otlp" else name
+
+
 def _endpoint(signal: str, endpoint: str | None, protocol: str) -> dict[str, Any]:
     if endpoint is None:
         return {}  # the exporter reads OTEL_EXPORTER_OTLP_* itself
@@ -54,8 +87,14 @@ def _endpoint(signal: str, endpoint: str | None, protocol: str) -> dict[str, Any
     return {"endpoint": endpoint.rstrip("/") + f"/v1/{signal}"}
 
 
-def span_exporter(endpoint: str | None = None, protocol: str | None = None) -> SpanExporter:
-    """The OTLP span exporter (HTTP/protobuf or gRPC)."""
+def span_exporter(
+    endpoint: str | None = None, protocol: str | None = None, name: str = "otlp"
+) -> SpanExporter:
+    """The span exporter ``name`` stands for: OTLP (HTTP/protobuf or gRPC) or console."""
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
     proto = otlp_protocol("traces", protocol)
     if proto == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
@@ -66,8 +105,14 @@ def span_exporter(endpoint: str | None = None, protocol: str | None = None) -> S
     return Http(**_endpoint("traces", endpoint, proto))
 
 
-def metric_exporter(endpoint: str | None = None, protocol: str | None = None) -> MetricExporter:
-    """The OTLP metric exporter (HTTP/protobuf or gRPC)."""
+def metric_exporter(
+    endpoint: str | None = None, protocol: str | None = None, name: str = "otlp"
+) -> MetricExporter:
+    """The metric exporter ``name`` stands for: OTLP (HTTP/protobuf or gRPC) or console."""
+    if name == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        return ConsoleMetricExporter()
     proto = otlp_protocol("metrics", protocol)
     if proto == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (

@@ -1,4 +1,5 @@
-"""``telemetry.setup()``: tracer and meter providers, OTLP exporters, structured logs."""
+"""``telemetry.setup()``: tracer and meter providers, exporters chosen from the standard
+``OTEL_*`` variables, structured logs."""
 
 from __future__ import annotations
 
@@ -12,16 +13,22 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    OTELResourceDetector,
+    Resource,
+)
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from prometheus_client import REGISTRY
 
 from .export import (
     CountingBatchSpanProcessor,
     LogSpanExporter,
+    describe,
+    exporter_names,
     metric_exporter,
     otlp_configured,
-    otlp_protocol,
     span_exporter,
 )
 from .logs import configure_logging
@@ -40,22 +47,22 @@ class Telemetry:
     service_name: str
     tracer_provider: trace.TracerProvider
     meter_provider: MeterProvider | None = None
-    metrics_bridge: PrometheusOTLPBridge | None = None
+    metrics_bridges: list[PrometheusOTLPBridge] = field(default_factory=list)
     owns_tracer_provider: bool = True
     exporting: list[str] = field(default_factory=list)
 
     def force_flush(self) -> None:
         if isinstance(self.tracer_provider, TracerProvider):
             self.tracer_provider.force_flush()
-        if self.metrics_bridge is not None:
-            self.metrics_bridge.export()
+        for bridge in self.metrics_bridges:
+            bridge.export()
         if self.meter_provider is not None:
             self.meter_provider.force_flush()
 
     def shutdown(self) -> None:
         global _handle
-        if self.metrics_bridge is not None:
-            self.metrics_bridge.shutdown()
+        for bridge in self.metrics_bridges:
+            bridge.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
         if self.owns_tracer_provider and isinstance(self.tracer_provider, TracerProvider):
@@ -111,14 +118,48 @@ def flush(timeout: float | None = None) -> bool:
     return False
 
 
-def _resource(service_name: str) -> Resource:
-    """The service's resource, with a ``service.instance.id`` per process (what recent SDKs
-    adds by itself; older ones don't), so that several workers exporting over OTLP stay
-    apart. One set in ``OTEL_RESOURCE_ATTRIBUTES`` is kept."""
-    resource = Resource.create({SERVICE_NAME: service_name})
+#: ``service.name`` when neither ``setup(service_name=...)`` nor the environment names one.
+DEFAULT_SERVICE_NAME = "tasklens-app"
+#: Default bound of a span or event attribute value, in characters (strings are truncated),
+#: when neither ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` nor ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``
+#: is set: a 50 KB exception message or stack trace must not make every span 100 KB.
+DEFAULT_ATTRIBUTE_LENGTH_LIMIT = 4096
+_ATTR_LIMIT = "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"
+_SPAN_ATTR_LIMIT = "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"
+
+
+def sdk_disabled() -> bool:
+    """``OTEL_SDK_DISABLED=true`` (case-insensitive, as the SDK reads it)."""
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def _resource(service_name: str | None) -> Resource:
+    """The service's resource. ``service.name``: the ``setup()`` argument (code wins over
+    the environment, as in the SDK's ``Resource.create``), else ``OTEL_SERVICE_NAME``, else
+    ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``, else :data:`DEFAULT_SERVICE_NAME` (a
+    default never beats the environment). With a ``service.instance.id`` per process (what
+    recent SDKs add by themselves; older ones don't), so that several workers exporting over
+    OTLP stay apart; one set in ``OTEL_RESOURCE_ATTRIBUTES`` is kept."""
+    if service_name is None and not OTELResourceDetector().detect().attributes.get(SERVICE_NAME):
+        service_name = DEFAULT_SERVICE_NAME
+    resource = Resource.create({SERVICE_NAME: service_name} if service_name else {})
     if SERVICE_INSTANCE_ID not in resource.attributes:
         resource = resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
     return resource
+
+
+def span_limits() -> SpanLimits:
+    """The SDK's limits, with :data:`DEFAULT_ATTRIBUTE_LENGTH_LIMIT` for attribute values
+    (span and event attributes alike: ``exception.message``, ``exception.stacktrace``)
+    unless ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` / ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``
+    say otherwise."""
+    generic = bool(os.environ.get(_ATTR_LIMIT, "").strip())
+    spans = generic or bool(os.environ.get(_SPAN_ATTR_LIMIT, "").strip())
+    default = DEFAULT_ATTRIBUTE_LENGTH_LIMIT
+    return SpanLimits(
+        max_attribute_length=None if generic else default,
+        max_span_attribute_length=None if spans else default,
+    )
 
 
 def _metric_interval() -> float:
@@ -132,8 +173,19 @@ def _metric_interval() -> float:
     return value
 
 
+def _global_meter_provider() -> otel_metrics.MeterProvider | None:
+    """The MeterProvider the application (or ``opentelemetry-instrument``) set, or None."""
+    provider = otel_metrics.get_meter_provider()
+    return None if type(provider).__name__ == "_ProxyMeterProvider" else provider
+
+
+def _global_tracer_provider() -> trace.TracerProvider | None:
+    provider = trace.get_tracer_provider()
+    return None if isinstance(provider, trace.ProxyTracerProvider) else provider
+
+
 def setup(
-    service_name: str = "tasklens-app",
+    service_name: str | None = None,
     *,
     otlp_endpoint: str | None = None,
     otlp_protocol_name: str | None = None,
@@ -141,63 +193,99 @@ def setup(
     configure_logs: bool = True,
 ) -> Telemetry:
     """Set up tracing, OTLP export and structured logs. Idempotent: a second call returns
-    the first handle.
+    the first handle. The README's configuration section says what each variable does.
 
-    - OTLP endpoint and protocol come from the arguments or the standard ``OTEL_*``
-      variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL`` =
-      ``http/protobuf`` (default) or ``grpc``, the per-signal variants, sampler variables).
-    - ``span_logs``: print spans as log lines; default on when no OTLP endpoint is set.
-    - A tracer provider set earlier by the user is kept as it is.
+    - ``service_name``: see :func:`_resource` (argument, else ``OTEL_SERVICE_NAME``, else
+      ``OTEL_RESOURCE_ATTRIBUTES``, else ``tasklens-app``).
+    - Exporters: ``OTEL_{TRACES,METRICS}_EXPORTER`` (``otlp``, ``console``, ``none``,
+      comma lists); unset: OTLP when an endpoint is set (argument or
+      ``OTEL_EXPORTER_OTLP[_<SIGNAL>]_ENDPOINT``). Protocol from the argument or
+      ``OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL`` (``http/protobuf`` default, ``grpc``).
+    - ``span_logs``: also print spans as log lines; default on when no trace exporter is
+      configured at all (``OTEL_TRACES_EXPORTER`` unset and no endpoint).
+    - ``OTEL_SDK_DISABLED=true``: no provider, no exporter, no thread (logs still set up);
+      tasks still run and ``/metrics`` still answers.
+    - A tracer or meter provider set earlier (by the application or by
+      ``opentelemetry-instrument``) is used as it is, never replaced nor duplicated.
     """
     global _handle
-    if not isinstance(service_name, str) or not service_name:
+    if service_name is not None and (not isinstance(service_name, str) or not service_name):
         raise ValueError(f"setup(): service_name must be a non-empty string, got {service_name!r}")
     with _lock:
         if _handle is not None:
             return _handle
         if configure_logs:
             configure_logging()
-        resource = _resource(service_name)
+        if sdk_disabled():
+            handle = Telemetry(
+                str(_resource(service_name).attributes[SERVICE_NAME]),
+                trace.get_tracer_provider(),
+                owns_tracer_provider=False,
+            )
+            _logger.info("tasklens: OTEL_SDK_DISABLED=true, no telemetry provider installed")
+            _handle = handle
+            return handle
+        traces = exporter_names("traces", otlp_configured("traces", otlp_endpoint))
+        metrics = exporter_names("metrics", otlp_configured("metrics", otlp_endpoint))
         task_metrics = TaskMetrics.for_registry()
-        traces_on = otlp_configured("traces", otlp_endpoint)
-        metrics_on = otlp_configured("metrics", otlp_endpoint)
-        handle = Telemetry(service_name, trace.get_tracer_provider())
-        if isinstance(handle.tracer_provider, TracerProvider):
+        existing = _global_tracer_provider()
+        resource = getattr(existing, "resource", None)
+        if not isinstance(resource, Resource):
+            resource = _resource(service_name)
+        elif service_name is not None and resource.attributes.get(SERVICE_NAME) != service_name:
+            _logger.warning(
+                "tasklens: setup(service_name=%r) ignored: the tracer provider configured "
+                "earlier names the service %r",
+                service_name,
+                resource.attributes.get(SERVICE_NAME),
+            )
+        name = str(resource.attributes.get(SERVICE_NAME, ""))
+        handle = Telemetry(name, existing or trace.NoOpTracerProvider())
+        if existing is not None:
             handle.owns_tracer_provider = False
             _logger.info("tasklens: keeping the tracer provider configured by the application")
         else:
-            provider = TracerProvider(resource=resource)
-            if traces_on:
-                exporter = span_exporter(otlp_endpoint, otlp_protocol_name)
+            provider = TracerProvider(resource=resource, span_limits=span_limits())
+            for name in traces:
+                exporter = span_exporter(otlp_endpoint, otlp_protocol_name, name)
                 provider.add_span_processor(CountingBatchSpanProcessor(exporter, task_metrics))
-                handle.exporting.append(
-                    f"traces: OTLP {otlp_protocol('traces', otlp_protocol_name)}"
-                )
-            if span_logs or (span_logs is None and not traces_on):
+                handle.exporting.append(f"traces: {describe(name, 'traces', otlp_protocol_name)}")
+            no_exporter_chosen = "OTEL_TRACES_EXPORTER" not in os.environ and not traces
+            if span_logs or (span_logs is None and no_exporter_chosen):
                 provider.add_span_processor(
                     CountingBatchSpanProcessor(LogSpanExporter(), task_metrics)
                 )
                 handle.exporting.append("traces: log lines")
             trace.set_tracer_provider(provider)
             handle.tracer_provider = provider
-        if metrics_on:
+        if metrics:
             interval = _metric_interval()
             # This process's values, also with several workers (multiprocess mode): each
             # worker exports its own series under its own service.instance.id, and the
             # backend sums them. Exporting the all-worker sum from every worker (what
             # /metrics shows) would count everything once per worker.
-            handle.metrics_bridge = PrometheusOTLPBridge(
-                REGISTRY,
-                metric_exporter(otlp_endpoint, otlp_protocol_name),
-                resource,
-                interval,
-            )
-            reader = PeriodicExportingMetricReader(
-                metric_exporter(otlp_endpoint, otlp_protocol_name),
-                export_interval_millis=interval * 1000,
-            )
-            handle.meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
-            otel_metrics.set_meter_provider(handle.meter_provider)
-            handle.exporting.append(f"metrics: OTLP {otlp_protocol('metrics', otlp_protocol_name)}")
+            handle.metrics_bridges = [
+                PrometheusOTLPBridge(
+                    REGISTRY,
+                    metric_exporter(otlp_endpoint, otlp_protocol_name, name),
+                    resource,
+                    interval,
+                )
+                for name in metrics
+            ]
+            if _global_meter_provider() is None:
+                # For the OTel instruments of the app and its libraries (the ASGI request
+                # metrics); one set by the application is used as it is.
+                readers = [
+                    PeriodicExportingMetricReader(
+                        metric_exporter(otlp_endpoint, otlp_protocol_name, name),
+                        export_interval_millis=interval * 1000,
+                    )
+                    for name in metrics
+                ]
+                handle.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+                otel_metrics.set_meter_provider(handle.meter_provider)
+            for name in metrics:
+                handle.exporting.append(f"metrics: {describe(name, 'metrics', otlp_protocol_name)}")
         _handle = handle
         return handle
