@@ -32,7 +32,9 @@ def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:
     if options.request_spans:
         app.add_middleware(RequestSpanMiddleware)
     if options.metrics_path:
-        app.add_middleware(MetricsEndpointMiddleware, path=options.metrics_path)
+        app.add_middleware(
+            MetricsEndpointMiddleware, path=options.metrics_path, auth=options.metrics_auth
+        )
         exclude_from_fastapi_telemetry(app, options.metrics_path)
 
 

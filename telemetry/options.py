@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from starlette.requests import Request
 
 from tasklens.runtime.options import validate
 
@@ -13,6 +16,10 @@ class TelemetryOptions:
 
     #: Path that serves Prometheus metrics from the app; None: not mounted.
     metrics_path: str | None = "/metrics"
+    #: Who may read ``metrics_path``: called with the request (sync or async) before any
+    #: rendering; false -> 401 (403 when the request carried an Authorization header).
+    #: None: the path is public.
+    metrics_auth: Callable[[Request], bool | Awaitable[bool]] | None = None
     #: Put (truncated, redacted) task arguments into spans and logs.
     record_args: bool = False
     #: Wrap the app in OpenTelemetry's ASGI middleware when nothing else traces requests.
@@ -23,6 +30,11 @@ class TelemetryOptions:
         validate(self, [
             ("metrics_path", path is None or (isinstance(path, str) and path.startswith("/")),
              "a path starting with '/', or None"),
+            ("metrics_auth", self.metrics_auth is None or callable(self.metrics_auth),
+             "a callable taking the Request and returning a bool (or an awaitable of one), "
+             "or None"),
+            ("metrics_auth", self.metrics_auth is None or path is not None,
+             "None when metrics_path=None (no path is served to protect)"),
             ("record_args", isinstance(self.record_args, bool), "True or False"),
             ("request_spans", isinstance(self.request_spans, bool), "True or False"),
         ])  # fmt: skip
