@@ -61,7 +61,14 @@ test-lowest: $(LOWEST)/constraints.txt system-deps
 demo: $(STAMP)
 	$(BIN)/tasklens demo --self-traffic
 
+# The sustained case's load generator is Debian's wrk (bench.loadgen when it is missing);
+# BENCH_SUSTAINED_SECONDS sets its seconds per variant (default 30).
 bench: $(STAMP)
+	@if ! command -v wrk >/dev/null; then \
+	  echo "installing wrk (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; \
+	fi
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP)

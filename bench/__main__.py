@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import E2E_VARIANTS, MEMORY_VARIANTS, RETAINED_SCENARIOS, TASK_VARIANTS, machine
+from bench import (
+    CASES,
+    E2E_VARIANTS,
+    MEMORY_VARIANTS,
+    RETAINED_SCENARIOS,
+    SUSTAINED_VARIANTS,
+    TASK_VARIANTS,
+    case_sustained,
+    machine,
+    subproc,
+)
 from bench import report as report_mod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +47,8 @@ class Config:
     e2e_connections: int
     pending_tasks: int
     retained_tasks: int
+    sustained_seconds: int = 30
+    sustained_connections: int = 16
 
 
 FULL = Config(
@@ -69,23 +79,8 @@ SMOKE = Config(
 )
 
 
-def _env() -> dict[str, str]:
-    """The environment of every case: the repository importable, no OTEL_* or multiprocess
-    settings of the caller's (they would change what is measured)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("OTEL_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONHASHSEED"] = "0"
-    return env
-
-
-def _pin(cpu: int | None) -> Callable[[], None] | None:
-    if cpu is None or not hasattr(os, "sched_setaffinity"):
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+_env = subproc.env
+_pin = subproc.pin
 
 
 def _run_json(args: list[str], timeout: float, cpu: int | None = None) -> dict[str, Any]:
@@ -228,17 +223,36 @@ def main(argv: list[str] | None = None) -> int:
         help="results path without suffix (default bench/results/latest, or smoke with --smoke)",
     )
     parser.add_argument("--rounds", type=int, default=None, help="override the rounds")
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"comma-separated subset of {','.join(CASES)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    cases = tuple(args.cases.split(","))
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"--cases: unknown {', '.join(unknown)} (choose from {', '.join(CASES)})")
     cfg = SMOKE if args.smoke else FULL
+    try:
+        seconds = case_sustained.duration(args.smoke)
+    except ValueError as exc:
+        parser.error(str(exc))
+    cfg = Config(**{**cfg.__dict__, "sustained_seconds": seconds})
     if args.rounds is not None:
         cfg = Config(**{**cfg.__dict__, "rounds": args.rounds, "e2e_rounds": args.rounds})
     out = args.out or RESULTS / ("smoke" if args.smoke else "latest")
 
     started = time.time()
     info = machine.info()
-    tasks = run_task_cases(cfg)
-    e2e = run_e2e(cfg)
-    pending, retained = run_memory(cfg)
+    tasks = run_task_cases(cfg) if "tasks" in cases else None
+    e2e = run_e2e(cfg) if "e2e" in cases else None
+    pending, retained = run_memory(cfg) if "memory" in cases else (None, None)
+    sustained = None
+    if "sustained" in cases:
+        sustained = case_sustained.run(
+            SUSTAINED_VARIANTS, cfg.sustained_seconds, cfg.sustained_connections, _log
+        )
     info["load_average_end"] = machine.load_average()
     info["seconds"] = round(time.time() - started, 1)
 
@@ -250,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         e2e=e2e,
         pending=pending,
         retained=retained,
+        sustained=sustained,
     )
     markdown = report_mod.markdown(result)
     out.parent.mkdir(parents=True, exist_ok=True)

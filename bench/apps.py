@@ -17,6 +17,11 @@ observes the tasks:
 - ``tasklens-bare``: ``tasklens.instrument(app, observers=[])`` and no tracer provider: the
   runtime's own cost (records, ordering, batching, isolation) without any telemetry.
 - ``tasklens-detached``: ``tasklens`` with ``mode="detached"`` (end-to-end case only).
+- ``fastapi-native``: FastAPI's own telemetry (``FastAPI(telemetry={"tracer_provider": ...})``,
+  defaults otherwise: a request span, and a ``fastapi.background_task`` span per task of
+  FastAPI's ``BackgroundTasks``); same sampled SDK provider (sustained case only).
+
+Every app also serves :mod:`bench.probe`'s ``/load`` and ``/_bench/stats`` (sustained case).
 
 Starlette apps are used for tasklens so that FastAPI's native telemetry (on as soon as a
 global tracer provider exists) cannot add spans of its own.
@@ -37,6 +42,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bench import probe
+
 DESCRIPTIONS = {
     "plain": "Starlette, no tracer provider",
     "otel": "FastAPI + FastAPIInstrumentor task spans (SDK provider, sampled)",
@@ -45,6 +52,7 @@ DESCRIPTIONS = {
     "tasklens-bare": "tasklens runtime, no observers, no tracer provider",
     "tasklens-inline": "tasklens, mode=inline: spans + metrics + logs (sampled)",
     "tasklens-detached": "tasklens, mode=detached: spans + metrics + logs (sampled)",
+    "fastapi-native": "FastAPI native telemetry: request + background_task spans (sampled)",
 }
 
 
@@ -137,6 +145,11 @@ def build(
     """Build the app of variant ``name`` (call once per process); ``observers`` replaces
     tasklens' default observers (profiling one observer at a time)."""
     exporter = CountingExporter()
+    routes = [*routes, *probe.routes(name)]
+    if name in ("otel", "fastapi-native"):
+        from fastapi import BackgroundTasks as FastAPIBackgroundTasks
+
+        probe.TASKS_CLASS[0] = FastAPIBackgroundTasks
     if name == "plain":
         return Variant(name, Starlette(routes=list(routes)), None, exporter)
     if name == "otel":
@@ -150,6 +163,13 @@ def build(
             telemetry={"tracing": False, "metrics": False, "logs": False},
         )
         FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+        return Variant(name, app, provider, exporter)
+    if name == "fastapi-native":
+        from fastapi import FastAPI
+
+        provider = _provider(True, exporter)
+        telemetry = {"tracer_provider": provider}
+        app = FastAPI(routes=list(routes), openapi_url=None, telemetry=telemetry)
         return Variant(name, app, provider, exporter)
     if name == "tasklens-bare":
         import tasklens

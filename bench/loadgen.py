@@ -1,10 +1,10 @@
 """A small closed-loop HTTP/1.1 load generator (its own process, loopback only).
 
-``python -m bench.loadgen PORT --connections C --warmup W --duration D`` keeps C keep-alive
-connections busy, each sending the next ``GET /`` as soon as the previous response is read,
-and prints one JSON line: requests completed in the measured window, requests/s, and p50 /
-p99 latency in ms. Raw asyncio streams, not an HTTP client library, so the generator costs
-far less CPU per request than the server it measures.
+``python -m bench.loadgen PORT --connections C --warmup W --duration D [--path P]`` keeps C
+keep-alive connections busy, each sending the next ``GET P`` (default ``/``) as soon as the
+previous response is read, and prints one JSON line: requests completed in the measured
+window, requests/s, and p50 / p99 latency in ms. Raw asyncio streams, not an HTTP client
+library, so the generator costs far less CPU per request than the server it measures.
 """
 
 from __future__ import annotations
@@ -14,11 +14,18 @@ import asyncio
 import json
 import time
 
-_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+def _request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
 
 
 async def _connection(
-    port: int, start: float, stop: float, latencies: list[float], errors: list[str]
+    port: int,
+    start: float,
+    stop: float,
+    latencies: list[float],
+    errors: list[str],
+    request: bytes,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -26,7 +33,7 @@ async def _connection(
             sent = time.perf_counter()
             if sent >= stop:
                 return
-            writer.write(_REQUEST)
+            writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
@@ -43,13 +50,18 @@ async def _connection(
         writer.close()
 
 
-async def run(port: int, connections: int, warmup: float, duration: float) -> dict[str, object]:
+async def run(
+    port: int, connections: int, warmup: float, duration: float, path: str = "/"
+) -> dict[str, object]:
     latencies: list[float] = []
     errors: list[str] = []
     begin = time.perf_counter()
     start, stop = begin + warmup, begin + warmup + duration
     await asyncio.gather(
-        *(_connection(port, start, stop, latencies, errors) for _ in range(connections))
+        *(
+            _connection(port, start, stop, latencies, errors, _request(path))
+            for _ in range(connections)
+        )
     )
     latencies.sort()
     count = len(latencies)
@@ -75,8 +87,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--path", default="/")
     args = parser.parse_args()
-    result = asyncio.run(run(args.port, args.connections, args.warmup, args.duration))
+    result = asyncio.run(run(args.port, args.connections, args.warmup, args.duration, args.path))
     print(json.dumps(result))
 
 

@@ -6,7 +6,13 @@ import statistics
 import time
 from typing import Any
 
-from bench import E2E_VARIANTS, MEMORY_VARIANTS, RETAINED_SCENARIOS, TASK_VARIANTS
+from bench import (
+    E2E_VARIANTS,
+    MEMORY_VARIANTS,
+    RETAINED_SCENARIOS,
+    SUSTAINED_VARIANTS,
+    TASK_VARIANTS,
+)
 from bench.apps import DESCRIPTIONS
 
 RETAINED_DESCRIPTIONS = {
@@ -101,12 +107,133 @@ def _retained_rows(retained: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+_MB = 2**20
+
+
+def _sustained_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    plain, otel = runs["plain"], runs["otel"]
+    rows = []
+    for variant in SUSTAINED_VARIANTS:
+        r = runs[variant]
+        start, end, after = r["start"], r["end"], r["after_drain"]
+        rows.append(
+            {
+                "id": f"sustained.{variant}",
+                "section": "sustained",
+                "variant": variant,
+                "description": DESCRIPTIONS[variant],
+                "generator": r["generator"],
+                "seconds": r["duration_s"],
+                "connections": r["connections"],
+                "requests": r["requests"],
+                "rps": r["rps"],
+                "x_plain": _ratio(r["rps"], plain["rps"]),
+                "x_instrumentor": _ratio(r["rps"], otel["rps"]),
+                "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"],
+                "p99_x_instrumentor": _ratio(r["p99_ms"], otel["p99_ms"]),
+                "errors": r["errors"],
+                "enqueued_end": end["enqueued"],
+                "end_loads": end["loads"],
+                "finished_end": end["finished"],
+                "behind_end": end["behind"],
+                "bgtask_pending_end": end["bgtask_pending"],
+                "bgtask_pending_after_drain": after["bgtask_pending"],
+                "finished_after_drain": after["finished"],
+                "queue_sync_p99_ms_end": end["queue_sync"]["p99_ms"],
+                "queue_async_p99_ms_end": end["queue_async"]["p99_ms"],
+                "loop_tasks_end": end["loop_tasks"],
+                "objects_start": start["objects"],
+                "objects_end": end["objects"],
+                "rss_start_mb": start["rss_bytes"] / _MB,
+                "rss_end_mb": end["rss_bytes"] / _MB,
+                "rss_after_drain_mb": after["rss_bytes"] / _MB,
+                "rss_growth_mb": (end["rss_bytes"] - start["rss_bytes"]) / _MB,
+                "gc2_count": end["gc2_count"],
+                "gc2_total_ms": end["gc2_total_ms"],
+                "gc2_max_ms": end["gc2_max_ms"],
+                "gc2_max_x_instrumentor": _ratio(end["gc2_max_ms"], otel["end"]["gc2_max_ms"]),
+                "drain_s": r["drain_s"],
+                "spans": r["spans"],
+                "served_load": r["served_load"],
+                "served_stats": r["served_stats"],
+                "shutdown": r["shutdown"],
+                "timeline": r["timeline"],
+            }
+        )
+    return rows
+
+
+def _sustained_targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    inline, otel = rows["sustained.tasklens-inline"], rows["sustained.otel"]
+    native, unsampled = rows["sustained.fastapi-native"], rows["sustained.tasklens-unsampled"]
+    x_native = _ratio(inline["rps"], native["rps"]) or 0.0
+    bound = 2 * inline["connections"] * 2
+    pending = inline["bgtask_pending_end"]
+    return [
+        {
+            "target": "sustained inline: req/s ≥ 1.0× the instrumentor's",
+            "measured": f"{inline['x_instrumentor'] or 0:.2f}×",
+            "met": (inline["x_instrumentor"] or 0) >= 1.0,
+        },
+        {
+            "target": "sustained inline: req/s ≥ 1.0× FastAPI native telemetry's",
+            "measured": f"{x_native:.2f}×",
+            "met": x_native >= 1.0,
+        },
+        {
+            "target": "sustained inline: p99 ≤ 1.2× the instrumentor's",
+            "measured": f"{inline['p99_ms']:.1f} ms vs {otel['p99_ms']:.1f} ms "
+            f"({inline['p99_x_instrumentor'] or 0:.2f}×)",
+            "met": (inline["p99_x_instrumentor"] or 0) <= 1.2,
+        },
+        {
+            "target": f"sustained inline: bgtask_pending at the end ≤ {bound} "
+            "(2 × connections × tasks/request)",
+            "measured": "n/a" if pending is None else f"{pending:,.0f}",
+            "met": pending is not None and pending <= bound,
+        },
+        {
+            "target": "sustained inline: RSS growth ≤ 10 MB",
+            "measured": f"{inline['rss_growth_mb']:.1f} MB",
+            "met": inline["rss_growth_mb"] <= 10.0,
+        },
+        {
+            "target": "sustained inline: max gen-2 pause ≤ 1.5× the instrumentor's",
+            "measured": f"{inline['gc2_max_ms']:.1f} ms vs {otel['gc2_max_ms']:.1f} ms",
+            "met": inline["gc2_max_ms"] <= 1.5 * otel["gc2_max_ms"],
+        },
+        {
+            "target": "sustained sampled out: req/s ≥ 0.85× plain",
+            "measured": f"{unsampled['x_plain'] or 0:.2f}×",
+            "met": (unsampled["x_plain"] or 0) >= 0.85,
+        },
+    ]
+
+
 def _targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = []
+    if "async.otel" in rows:
+        targets += _task_targets(rows)
+    if "e2e.tasklens-inline" in rows:
+        e2e = rows["e2e.tasklens-inline"]["x_plain"] or 0.0
+        targets.append(
+            {
+                "target": "end to end: tasklens inline ≥ 0.95× plain requests/s",
+                "measured": f"{e2e:.3f}×",
+                "met": e2e >= 0.95,
+            }
+        )
+    if "sustained.tasklens-inline" in rows:
+        targets += _sustained_targets(rows)
+    return targets
+
+
+def _task_targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     otel = rows["async.otel"]["delta_us"]
     full = rows["async.tasklens"]["delta_us"]
     unsampled = rows["async.tasklens-unsampled"]["delta_us"]
     sync_speedup = rows["sync.plain"]["us_per_task"] / rows["sync.tasklens"]["us_per_task"]
-    e2e = rows["e2e.tasklens-inline"]["x_plain"] or 0.0
     return [
         {
             "target": "async, full telemetry: Δ/task ≤ OTel instrumentor's Δ/task",
@@ -123,11 +250,6 @@ def _targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             "measured": f"{sync_speedup:.2f}× faster",
             "met": sync_speedup >= 2.0,
         },
-        {
-            "target": "end to end: tasklens inline ≥ 0.95× plain requests/s",
-            "measured": f"{e2e:.3f}×",
-            "met": e2e >= 0.95,
-        },
     ]
 
 
@@ -136,18 +258,22 @@ def build(
     mode: str,
     config: dict[str, Any],
     machine: dict[str, Any],
-    tasks: dict[str, dict[str, list[dict[str, Any]]]],
-    e2e: dict[str, list[dict[str, Any]]],
-    pending: dict[str, Any],
-    retained: dict[str, Any],
+    tasks: dict[str, dict[str, list[dict[str, Any]]]] | None,
+    e2e: dict[str, list[dict[str, Any]]] | None,
+    pending: dict[str, Any] | None,
+    retained: dict[str, Any] | None,
+    sustained: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    rows = [
-        *_task_rows("async", tasks["async"]),
-        *_task_rows("sync", tasks["sync"]),
-        *_e2e_rows(e2e),
-        *_memory_rows(pending),
-        *_retained_rows(retained),
-    ]
+    """The rows and targets of the cases that ran (None: the case group did not run)."""
+    rows: list[dict[str, Any]] = []
+    if tasks is not None:
+        rows += [*_task_rows("async", tasks["async"]), *_task_rows("sync", tasks["sync"])]
+    if e2e is not None:
+        rows += _e2e_rows(e2e)
+    if pending is not None and retained is not None:
+        rows += [*_memory_rows(pending), *_retained_rows(retained)]
+    if sustained is not None:
+        rows += _sustained_rows(sustained)
     return {
         "mode": mode,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -159,6 +285,89 @@ def build(
 
 
 # --- markdown ---------------------------------------------------------------------------------
+def _mb(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _sustained_markdown(rows: dict[str, dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    r = {v: rows[f"sustained.{v}"] for v in SUSTAINED_VARIANTS}
+    first = r["plain"]
+    return [
+        "## Sustained load: uvicorn + wrk",
+        "",
+        f"uvicorn (h11, asyncio, 1 worker) pinned to one CPU, {first['generator']} (1 thread, "
+        f"{first['connections']} keep-alive connections) pinned to the other, "
+        f"{first['seconds']:g} s per variant (`BENCH_SUSTAINED_SECONDS`), one variant after the "
+        "other; each request adds 1 async + 1 sync no-op task. `× instr.`: ratio to the "
+        "FastAPIInstrumentor variant (`otel`). *Behind*: tasks enqueued and not finished when the "
+        "load stops; *sync queue p99*: add_task to function start of the sync tasks started in "
+        "the last second of load; *loop tasks*: asyncio tasks alive then (each suspended "
+        "request cycle is one); gen-2 pauses from `gc.callbacks` during the load.",
+        "",
+        *_table(
+            [
+                "case",
+                "what",
+                "req/s",
+                "× plain",
+                "× instr.",
+                "p50 ms",
+                "p99 ms",
+                "p99 × instr.",
+                "errors",
+            ],
+            [
+                [
+                    f"sustained.{v}",
+                    x["description"],
+                    _f(x["rps"], 0),
+                    _x(x["x_plain"]),
+                    _x(x["x_instrumentor"]),
+                    _f(x["p50_ms"]),
+                    _f(x["p99_ms"]),
+                    _x(x["p99_x_instrumentor"]),
+                    str(x["errors"]),
+                ]
+                for v, x in r.items()
+            ],
+        ),
+        "",
+        *_table(
+            [
+                "case",
+                "finished / enqueued",
+                "behind",
+                "bgtask_pending",
+                "sync queue p99 ms",
+                "loop tasks",
+                "objects start → end",
+                "RSS MB start → end (drained)",
+                "gen-2 pauses: n, total ms, max ms",
+                "max × instr.",
+                "drain s",
+            ],
+            [
+                [
+                    f"sustained.{v}",
+                    f"{x['finished_end']:,} / {x['enqueued_end']:,}",
+                    f"{x['behind_end']:,}",
+                    "n/a" if x["bgtask_pending_end"] is None else f"{x['bgtask_pending_end']:,.0f}",
+                    _f(x["queue_sync_p99_ms_end"], 1),
+                    f"{x['loop_tasks_end']:,}",
+                    f"{x['objects_start']:,} → {x['objects_end']:,}",
+                    f"{_mb(x['rss_start_mb'])} → {_mb(x['rss_end_mb'])} "
+                    f"({_mb(x['rss_after_drain_mb'])})",
+                    f"{x['gc2_count']}, {x['gc2_total_ms']:,.0f}, {x['gc2_max_ms']:,.1f}",
+                    _x(x["gc2_max_x_instrumentor"]),
+                    "n/a" if x["drain_s"] is None else f"{x['drain_s']:.2f}",
+                ]
+                for v, x in r.items()
+            ],
+        ),
+        "",
+    ]
+
+
 def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
@@ -195,105 +404,117 @@ def markdown(result: dict[str, Any]) -> str:
         ),
         "",
     ]
-    for kind, title in (("async", "Async no-op tasks"), ("sync", "Sync no-op tasks")):
-        requests = cfg["requests"] if kind == "async" else cfg["sync_requests"]
+    if "async.plain" in rows:
+        for kind, title in (("async", "Async no-op tasks"), ("sync", "Sync no-op tasks")):
+            requests = cfg["requests"] if kind == "async" else cfg["sync_requests"]
+            out += [
+                f"## {title}: µs per task",
+                "",
+                f"{requests} requests × {cfg['tasks']} tasks through the ASGI app, "
+                f"best of {cfg['reps']} repetitions × {cfg['rounds']} rounds (one process per "
+                "variant and round). µs/task is the slope over tasks per request: the per-request "
+                "cost (routing, request span) is shown apart.",
+                "",
+                *_table(
+                    [
+                        "case",
+                        "what",
+                        "µs/task",
+                        "Δ vs plain µs",
+                        "× plain",
+                        "spans/task",
+                        "µs/request (0 tasks)",
+                    ],
+                    [
+                        [
+                            f"{kind}.{v}",
+                            rows[f"{kind}.{v}"]["description"],
+                            _f(rows[f"{kind}.{v}"]["us_per_task"]),
+                            _f(rows[f"{kind}.{v}"]["delta_us"]),
+                            _x(rows[f"{kind}.{v}"]["x_plain"]),
+                            _f(rows[f"{kind}.{v}"]["spans_per_task"]),
+                            _f(rows[f"{kind}.{v}"]["us_per_request_empty"], 1),
+                        ]
+                        for v in TASK_VARIANTS
+                    ],
+                ),
+                "",
+            ]
+    if "e2e.plain" in rows:
         out += [
-            f"## {title}: µs per task",
+            "## End to end: uvicorn + load generator on loopback",
             "",
-            f"{requests} requests × {cfg['tasks']} tasks through the ASGI app, "
-            f"best of {cfg['reps']} repetitions × {cfg['rounds']} rounds (one process per "
-            "variant and round). µs/task is the slope over tasks per request: the per-request "
-            "cost (routing, request span) is shown apart.",
+            "uvicorn (h11, asyncio, 1 worker) and a closed-loop generator "
+            f"({cfg['e2e_connections']} keep-alive connections) in separate processes pinned to "
+            "separate CPUs; each request"
+            f" adds 2 tasks (1 async, 1 sync); {cfg['e2e_duration']} s measured after "
+            f"{cfg['e2e_warmup']} s warm-up; median of {cfg['e2e_rounds']} rounds.",
             "",
             *_table(
-                [
-                    "case",
-                    "what",
-                    "µs/task",
-                    "Δ vs plain µs",
-                    "× plain",
-                    "spans/task",
-                    "µs/request (0 tasks)",
-                ],
+                ["case", "what", "req/s", "× plain", "p50 ms", "p99 ms", "tasks run", "errors"],
                 [
                     [
-                        f"{kind}.{v}",
-                        rows[f"{kind}.{v}"]["description"],
-                        _f(rows[f"{kind}.{v}"]["us_per_task"]),
-                        _f(rows[f"{kind}.{v}"]["delta_us"]),
-                        _x(rows[f"{kind}.{v}"]["x_plain"]),
-                        _f(rows[f"{kind}.{v}"]["spans_per_task"]),
-                        _f(rows[f"{kind}.{v}"]["us_per_request_empty"], 1),
+                        f"e2e.{v}",
+                        rows[f"e2e.{v}"]["description"],
+                        _f(rows[f"e2e.{v}"]["rps"], 0),
+                        _x(rows[f"e2e.{v}"]["x_plain"]),
+                        _f(rows[f"e2e.{v}"]["p50_ms"]),
+                        _f(rows[f"e2e.{v}"]["p99_ms"]),
+                        f"{rows[f'e2e.{v}']['tasks_run']:,}",
+                        str(rows[f"e2e.{v}"]["errors"]),
                     ]
-                    for v in TASK_VARIANTS
+                    for v in E2E_VARIANTS
                 ],
             ),
             "",
         ]
+    if "memory.plain" in rows:
+        out += [
+            "## Memory per pending task",
+            "",
+            f"{cfg['pending_tasks']:,} async tasks added to one `BackgroundTasks` inside a "
+            "request, before they run: bytes allocated per task (tracemalloc) and resident-set "
+            "growth.",
+            "",
+            *_table(
+                ["case", "what", "bytes/task", "× plain", "RSS bytes/task"],
+                [
+                    [
+                        f"memory.{v}",
+                        rows[f"memory.{v}"]["description"],
+                        _f(rows[f"memory.{v}"]["bytes_per_task"], 0),
+                        _x(rows[f"memory.{v}"]["x_plain"]),
+                        _f(rows[f"memory.{v}"]["rss_bytes_per_task"], 0),
+                    ]
+                    for v in MEMORY_VARIANTS
+                ],
+            ),
+            "",
+            "## Memory left behind per finished task",
+            "",
+            f"Allocated memory still held (tracemalloc, after gc and a span flush) after N = "
+            f"{cfg['retained_tasks']:,} and after 11 × N finished tasks of one task name; the "
+            "growth per task should be ~0: label children, names and span data are cached per "
+            "callable.",
+            "",
+            *_table(
+                ["case", "what", "after N bytes", "after 11×N bytes", "growth bytes/task"],
+                [
+                    [
+                        f"retained.{s}",
+                        rows[f"retained.{s}"]["description"],
+                        f"{rows[f'retained.{s}']['after_n_bytes']:,}",
+                        f"{rows[f'retained.{s}']['after_11n_bytes']:,}",
+                        _f(rows[f"retained.{s}"]["growth_bytes_per_task"], 3),
+                    ]
+                    for s in RETAINED_SCENARIOS
+                ],
+            ),
+            "",
+        ]
+    if "sustained.plain" in rows:
+        out += _sustained_markdown(rows, cfg)
     out += [
-        "## End to end: uvicorn + load generator on loopback",
-        "",
-        f"uvicorn (h11, asyncio, 1 worker) and a closed-loop generator ({cfg['e2e_connections']}"
-        f" keep-alive connections) in separate processes pinned to separate CPUs; each request"
-        f" adds 2 tasks (1 async, 1 sync); {cfg['e2e_duration']} s measured after "
-        f"{cfg['e2e_warmup']} s warm-up; median of {cfg['e2e_rounds']} rounds.",
-        "",
-        *_table(
-            ["case", "what", "req/s", "× plain", "p50 ms", "p99 ms", "tasks run", "errors"],
-            [
-                [
-                    f"e2e.{v}",
-                    rows[f"e2e.{v}"]["description"],
-                    _f(rows[f"e2e.{v}"]["rps"], 0),
-                    _x(rows[f"e2e.{v}"]["x_plain"]),
-                    _f(rows[f"e2e.{v}"]["p50_ms"]),
-                    _f(rows[f"e2e.{v}"]["p99_ms"]),
-                    f"{rows[f'e2e.{v}']['tasks_run']:,}",
-                    str(rows[f"e2e.{v}"]["errors"]),
-                ]
-                for v in E2E_VARIANTS
-            ],
-        ),
-        "",
-        "## Memory per pending task",
-        "",
-        f"{cfg['pending_tasks']:,} async tasks added to one `BackgroundTasks` inside a request, "
-        "before they run: bytes allocated per task (tracemalloc) and resident-set growth.",
-        "",
-        *_table(
-            ["case", "what", "bytes/task", "× plain", "RSS bytes/task"],
-            [
-                [
-                    f"memory.{v}",
-                    rows[f"memory.{v}"]["description"],
-                    _f(rows[f"memory.{v}"]["bytes_per_task"], 0),
-                    _x(rows[f"memory.{v}"]["x_plain"]),
-                    _f(rows[f"memory.{v}"]["rss_bytes_per_task"], 0),
-                ]
-                for v in MEMORY_VARIANTS
-            ],
-        ),
-        "",
-        "## Memory left behind per finished task",
-        "",
-        f"Allocated memory still held (tracemalloc, after gc and a span flush) after N = "
-        f"{cfg['retained_tasks']:,} and after 11 × N finished tasks of one task name; the growth "
-        "per task should be ~0: label children, names and span data are cached per callable.",
-        "",
-        *_table(
-            ["case", "what", "after N bytes", "after 11×N bytes", "growth bytes/task"],
-            [
-                [
-                    f"retained.{s}",
-                    rows[f"retained.{s}"]["description"],
-                    f"{rows[f'retained.{s}']['after_n_bytes']:,}",
-                    f"{rows[f'retained.{s}']['after_11n_bytes']:,}",
-                    _f(rows[f"retained.{s}"]["growth_bytes_per_task"], 3),
-                ]
-                for s in RETAINED_SCENARIOS
-            ],
-        ),
-        "",
         "## Targets",
         "",
         *_table(

@@ -15,12 +15,13 @@ import threading
 
 import uvicorn
 
-from bench import apps
+from bench import apps, probe
 
 
 def main() -> None:
     name = sys.argv[1]
     variant = apps.build(name)
+    probe.install()
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -52,7 +53,13 @@ def main() -> None:
 
     asyncio.run(serve())
     spans = variant.spans_exported()
-    ran = {"tasks_async": apps.RAN["async"], "tasks_sync": apps.RAN["sync"], "spans": spans}
+    ran = {
+        "tasks_async": apps.RAN["async"],
+        "tasks_sync": apps.RAN["sync"],
+        "spans": spans,
+        "requests_load": probe.COUNTS["loads"],
+        "requests_stats": probe.COUNTS["stats"],
+    }
     print(json.dumps(ran))
     sys.stdout.flush()
 
