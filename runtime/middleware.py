@@ -5,6 +5,7 @@ from __future__ import annotations
 from opentelemetry import context as otel_context
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import patch
 from .runner import TaskRunner
 from .scope import RequestScope, current_scope
 
@@ -29,3 +30,4 @@ class TaskRuntimeMiddleware:
         finally:
             current_scope.reset(token)
             request.close()
+            patch.reconcile()

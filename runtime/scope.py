@@ -15,9 +15,12 @@ class RequestScope:
 
     A task whose response is never sent (the endpoint raised after ``add_task``) is never
     run by Starlette; at the end of the request such tasks are finished as ``abandoned``.
+    Once closed, the scope counts no new task at creation (one made later, by a detached
+    task or a fire-and-forget coroutine that copied the request's context, is counted when
+    it runs), so no task is left pending for ever.
     """
 
-    __slots__ = ("context", "records", "runner")
+    __slots__ = ("closed", "context", "records", "runner")
 
     def __init__(self, runner: TaskRunner, context: Context) -> None:
         self.runner = runner
@@ -25,9 +28,11 @@ class RequestScope:
         #: The trace context at the start of the request: its span is the request's server
         #: span, the parent of every task the request adds.
         self.context = context
+        self.closed = False
 
     def close(self) -> None:
         """Finish every task of this request that nothing claimed to run."""
+        self.closed = True
         leftovers = [r for r in self.records if not r.claimed]
         if leftovers:
             self.runner.abandon(leftovers)

@@ -36,15 +36,20 @@ def _routes(app: Any) -> list[Any]:
 
 def routes_at_risk(app: Any, prefix: str = "") -> list[str]:
     """Paths of FastAPI routes that take BackgroundTasks and also have a yield dependency
-    (including routes of mounted apps: their tasks run on this app's runtime too)."""
+    (including routes of mounted apps and of ``Host`` routes: their tasks run on this app's
+    runtime too). A route under a ``Host`` is named ``host/path``."""
     risky = []
     for route in _routes(app):
         dependant = getattr(route, "dependant", None)
+        # A Host has no path (None on FastAPI's route contexts, absent on Starlette's).
+        path = getattr(route, "path", None) or ""
         if dependant is None:
-            if getattr(route, "routes", None):  # Mount: a sub-app or router
-                risky.extend(routes_at_risk(route, prefix + getattr(route, "path", "")))
+            if getattr(route, "routes", None):  # Mount or Host: a sub-app or router
+                host = getattr(route, "host", None)
+                inner = f"{host}{prefix}" if isinstance(host, str) and not path else prefix
+                risky.extend(routes_at_risk(route, inner + path))
         elif _uses_background(dependant) and _uses_yield(dependant):
-            risky.append(prefix + getattr(route, "path", repr(route)))
+            risky.append(prefix + (path or repr(route)))
     return risky
 
 

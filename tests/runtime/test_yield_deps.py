@@ -139,3 +139,33 @@ def test_one_startup_warning_names_the_routes(mode: str, expected: list[str] | N
     assert named == expected
     for safe in ("/plain", "/yield-only", "/public/ping", "/v2/ping"):
         assert safe not in named
+
+
+def test_host_routes_are_scanned_not_fatal() -> None:
+    """A ``Host`` route has no path: the scan used to fail (``str + None``) and stop the
+    detached app's startup. Routes under a Host are named ``host/path``, nested either way."""
+    from starlette.routing import Host, Mount, Router
+
+    app = build_app()
+    hosted = FastAPI()
+
+    @hosted.post("/export")
+    def hosted_export(
+        background_tasks: BackgroundTasks, session: Annotated[str, Depends(get_session)]
+    ) -> None:
+        background_tasks.add_task(_noop)
+
+    app.router.routes.append(Host("api.example.test", hosted))
+    app.router.routes.append(
+        Mount("/tenants", routes=[Host("{tenant}.example.test", hosted), Mount("/empty", Router())])
+    )
+    assert routes_at_risk(app) == [
+        *RISKY,
+        "api.example.test/export",
+        "{tenant}.example.test/tenants/export",
+    ]
+    tasklens.instrument(app, mode="detached", observers=[], metrics_path=None)
+    with captured("tasklens.runtime") as log, serve(app):
+        warned = [r for r in log.records if r.getMessage().startswith(WARNING_START)]
+    (record,) = warned
+    assert "api.example.test/export" in record.getMessage()
