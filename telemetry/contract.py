@@ -143,6 +143,7 @@ ATTR_KWARGS = "bgtask.kwargs"
 ATTR_CODE_FUNCTION = "code.function"
 ATTR_CODE_NAMESPACE = "code.namespace"
 ATTR_ERROR_TYPE = "error.type"
+ATTR_UNREPRESENTABLE = "bgtask.unrepresentable"
 
 #: Span attributes in README order, with what they hold.
 SPAN_ATTRIBUTES = {
@@ -156,6 +157,7 @@ SPAN_ATTRIBUTES = {
     ATTR_CODE_FUNCTION: "the callable's qualname",
     ATTR_CODE_NAMESPACE: "the callable's module",
     ATTR_ERROR_TYPE: "exception class, on failure",
+    ATTR_UNREPRESENTABLE: "values recorded as <unrepresentable T> (repr or str raised), if any",
 }
 
 

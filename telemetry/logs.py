@@ -8,6 +8,7 @@ processor to the user's chain and changes nothing else.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -19,7 +20,7 @@ from opentelemetry import trace
 from tasklens.runtime import TaskObserver, TaskRecord, current_task
 
 from . import contract as c
-from .redact import describe_args
+from .redact import REDACTED, describe_args, is_sensitive, scrub, task_failure
 
 EventDict = MutableMapping[str, Any]
 _factory_installed = False
@@ -41,6 +42,20 @@ def add_task_context(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """structlog processor: add ``trace_id``, ``span_id`` and ``task`` where known."""
     for key, value in _task_fields().items():
         event_dict.setdefault(key, value)
+    return event_dict
+
+
+def scrub_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: redact URL passwords and sensitive key values in every string
+    field (``HTTP Request: GET ...?api_key=[redacted]``), and whole fields whose key is
+    sensitive (``password=...``); see :mod:`tasklens.telemetry.redact`."""
+    for key, value in event_dict.items():
+        if key.startswith("_") or value is None:
+            continue
+        if is_sensitive(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, str):
+            event_dict[key] = scrub(value)
     return event_dict
 
 
@@ -80,8 +95,11 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     if structlog.is_configured():
         processors = list(structlog.get_config()["processors"])
-        if add_task_context not in processors:
-            processors.insert(max(len(processors) - 1, 0), add_task_context)
+        missing = [p for p in (add_task_context, scrub_secrets) if p not in processors]
+        if missing:
+            # Before the renderer (or wrap_for_formatter), the chain's last step.
+            at = max(len(processors) - 1, 0)
+            processors[at:at] = missing
             structlog.configure(processors=processors)
     else:
         structlog.configure(
@@ -117,6 +135,7 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None)
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if json_lines else _identity,
+                scrub_secrets,
                 renderer,
             ],
         )
@@ -130,35 +149,68 @@ def _identity(_: Any, __: str, event_dict: EventDict) -> EventDict:
 
 
 class LogObserver(TaskObserver):
-    """Logs each failure once (error level, traceback, task fields), and every cancelled,
-    abandoned or loop-blocking task by name."""
+    """Logs each failure once (error level, scrubbed traceback, task fields), and every
+    cancelled, abandoned or loop-blocking task by name.
+
+    The traceback goes in the ``exception`` field already formatted (by
+    :func:`~tasklens.telemetry.redact.describe_failure`, without file reads on the event
+    loop), not as ``exc_info``: a renderer cannot then print an unscrubbed message or read
+    source files on the loop. If the structlog chain raises anyway, the line is written as
+    JSON to stderr with ``log_fallback`` naming what failed: a failure is never unlogged."""
 
     def __init__(self, record_args: bool = False) -> None:
         self._log = structlog.get_logger("tasklens")
         self._record_args = record_args
 
     def finished(self, task: TaskRecord) -> None:
-        outcome = task.outcome
         if task.loop_blocked:
-            self._log.warning(
+            self._emit(
+                "warning",
                 "background task blocked the event loop",
-                task=task.name,
-                step_seconds=round(task.loop_blocking or 0.0, 6),
+                {"task": task.name, "step_seconds": round(task.loop_blocking or 0.0, 6)},
             )
+        outcome = task.outcome
         if outcome == c.OUTCOME_SUCCESS:
             return
         fields: dict[str, Any] = {"task": task.name, "outcome": outcome}
+        fallbacks = 0
         if self._record_args:
-            fields["task_args"], fields["task_kwargs"] = describe_args(
-                task.args, task.kwargs, task.func
-            )
-        if outcome == c.OUTCOME_FAILURE and task.error is not None:
-            self._log.error(
-                "background task failed",
-                error_type=c.error_type(task.error),
+            described = describe_args(task.args, task.kwargs, task.func)
+            fields["task_args"], fields["task_kwargs"] = described.args, described.kwargs
+            fallbacks = described.fallbacks
+        failure = task_failure(task)
+        if outcome == c.OUTCOME_FAILURE and failure is not None:
+            fallbacks += failure.fallbacks
+            if fallbacks:
+                fields["unrepresentable"] = fallbacks
+            fields.update(
+                error_type=failure.type,
                 duration_seconds=round(task.duration_seconds, 6),
-                exc_info=task.error,
-                **fields,
+                exception=failure.stacktrace.rstrip("\n"),
             )
+            self._emit("error", "background task failed", fields)
         elif outcome in (c.OUTCOME_CANCELLED, c.OUTCOME_ABANDONED, c.OUTCOME_SKIPPED):
-            self._log.warning(f"background task {outcome}", **fields)
+            if fallbacks:
+                fields["unrepresentable"] = fallbacks
+            self._emit("warning", f"background task {outcome}", fields)
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        try:
+            getattr(self._log, level)(event, **fields)
+        except Exception as exc:
+            _write_fallback(level, event, fields, exc)
+
+
+def _write_fallback(level: str, event: str, fields: dict[str, Any], exc: Exception) -> None:
+    """The line the structlog chain could not render, as plain JSON on stderr."""
+    line = {"event": event, "level": level, **fields, **_task_fields()}
+    line["log_fallback"] = c.error_type(exc)
+    try:
+        text = json.dumps(line, default=str)
+    except Exception:  # a field that cannot even be str()-ed
+        text = json.dumps({k: v for k, v in line.items() if isinstance(v, str | int | float)})
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except Exception:  # stderr closed: nowhere left to write
+        pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -13,9 +14,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from tasklens.runtime import TaskObserver, TaskRecord
 
 from . import contract as c
-from .redact import describe_args
+from .redact import describe_args, task_failure
 
 _INTERNAL = SpanKind.INTERNAL
+_logger = logging.getLogger("tasklens")
 
 
 class SpanObserver(TaskObserver):
@@ -72,23 +74,27 @@ class SpanObserver(TaskObserver):
             )
         return cached
 
-    def _start(self, task: TaskRecord, start_time: int | None = None) -> trace.Span:
+    def _start(self, task: TaskRecord, start_time: int | None = None) -> tuple[trace.Span, int]:
+        """The task's span, and how many arguments fell back to ``<unrepresentable T>``."""
         name, static, _ = self._static(task)
         attributes = {**static, c.ATTR_INDEX: task.index, c.ATTR_BATCH_SIZE: task.batch_size}
+        fallbacks = 0
         if self._record_args:
-            args, kwargs = describe_args(task.args, task.kwargs, task.func)
-            attributes[c.ATTR_ARGS] = json.dumps(args)
-            attributes[c.ATTR_KWARGS] = json.dumps(kwargs)
-        return self._tracer.start_span(
+            described = describe_args(task.args, task.kwargs, task.func)
+            attributes[c.ATTR_ARGS] = json.dumps(described.args)
+            attributes[c.ATTR_KWARGS] = json.dumps(described.kwargs)
+            fallbacks = described.fallbacks
+        span = self._tracer.start_span(
             name, task.parent_context, _INTERNAL, attributes, start_time=start_time
         )
+        return span, fallbacks
 
     def started(self, task: TaskRecord) -> None:
         if self._dropped(task.parent_context):
             return
-        span = self._start(task)
+        span, fallbacks = self._start(task)
         token = otel_context.attach(trace.set_span_in_context(span, task.parent_context))
-        task.observer_state[self] = (span, token)
+        task.observer_state[self] = (span, token, fallbacks)
 
     def finished(self, task: TaskRecord) -> None:
         state = task.observer_state.pop(self, None)
@@ -96,32 +102,58 @@ class SpanObserver(TaskObserver):
             if self._dropped(task.parent_context):
                 return
             # Never started (skipped, abandoned): a span from enqueue to now says so.
-            span, token = self._start(task, start_time=task.enqueued_ns), None
+            (span, fallbacks), token = self._start(task, start_time=task.enqueued_ns), None
         else:
-            span, token = state
+            span, token, fallbacks = state
         try:
             if span.is_recording():
-                self._annotate(span, task)
+                try:
+                    self._annotate(span, task, fallbacks)
+                except Exception:
+                    # The span still ends, with the outcome and status known without it.
+                    _logger.exception("tasklens: annotating the span of %s failed", task.name)
+                    self._annotate_minimal(span, task)
             span.end()
         finally:
             if token is not None:
                 otel_context.detach(token)
 
-    def _annotate(self, span: trace.Span, task: TaskRecord) -> None:
+    def _annotate(self, span: trace.Span, task: TaskRecord, fallbacks: int) -> None:
         attributes: dict[str, Any] = {
             c.ATTR_OUTCOME: task.outcome,
             c.ATTR_QUEUE_SECONDS: task.queue_seconds,
         }
         if task.threadpool_wait is not None:
             attributes[c.ATTR_THREADPOOL_WAIT_SECONDS] = task.threadpool_wait
-        error = task.error
-        if error is not None:
-            attributes[c.ATTR_ERROR_TYPE] = c.error_type(error)
-            span.record_exception(error, escaped=False)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        failure = task_failure(task)
+        if failure is not None:
+            # Not span.record_exception: it calls str() unguarded, formats the traceback
+            # with source lines (file reads on the loop) and records the message unscrubbed.
+            attributes[c.ATTR_ERROR_TYPE] = failure.type
+            span.add_event(
+                "exception",
+                {
+                    "exception.type": failure.type,
+                    "exception.message": failure.message,
+                    "exception.stacktrace": failure.stacktrace,
+                    "exception.escaped": "False",
+                },
+            )
+            span.set_status(Status(StatusCode.ERROR, f"{failure.type}: {failure.message}"))
+            fallbacks += failure.fallbacks
+        if fallbacks:
+            attributes[c.ATTR_UNREPRESENTABLE] = fallbacks
         span.set_attributes(attributes)
         if task.loop_blocked:
             span.add_event(c.LOOP_BLOCKED_EVENT, {"bgtask.step_seconds": task.loop_blocking or 0.0})
+
+    @staticmethod
+    def _annotate_minimal(span: trace.Span, task: TaskRecord) -> None:
+        """Outcome, and on failure ERROR with the exception class only: nothing that can raise."""
+        span.set_attribute(c.ATTR_OUTCOME, str(task.outcome))
+        if task.error is not None:
+            span.set_attribute(c.ATTR_ERROR_TYPE, c.error_type(task.error))
+            span.set_status(Status(StatusCode.ERROR, c.error_type(task.error)))
 
 
 def _drop_policy(sampler: object) -> str | None:
