@@ -10,6 +10,7 @@ Everything not named in ``__all__`` is private.
 
 from tasklens import multiprocess
 from tasklens.instrument import instrument
+from tasklens.instrumentor import TasklensInstrumentor
 from tasklens.runtime import BackgroundTasks, TaskObserver, TaskRecord, current_task
 from tasklens.telemetry import Telemetry, flush, setup
 
@@ -17,6 +18,7 @@ __all__ = [
     "BackgroundTasks",
     "TaskObserver",
     "TaskRecord",
+    "TasklensInstrumentor",
     "Telemetry",
     "current_task",
     "flush",

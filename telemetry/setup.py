@@ -72,6 +72,11 @@ class Telemetry:
                 _handle = None
 
 
+def installed() -> Telemetry | None:
+    """What :func:`setup` built in this process, or None before it ran."""
+    return _handle
+
+
 #: Seconds :func:`flush` waits at shutdown (``TASKLENS_SHUTDOWN_FLUSH_TIMEOUT``).
 DEFAULT_FLUSH_TIMEOUT = 5.0
 
