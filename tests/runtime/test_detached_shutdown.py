@@ -3,9 +3,11 @@
 Semantics (``runtime/detached.py``): once shutdown starts no new batch is accepted; batches
 already submitted keep running, and queued ones still take slots as they free up, until
 ``shutdown_timeout``. Then everything is cancelled: a running task ends ``cancelled``, the
-tasks after it in its response and every batch still waiting for a slot end ``abandoned``.
-So ``success + failure + cancelled + abandoned == enqueued``, exactly, and each cancelled or
-abandoned task is logged by name.
+tasks after it in its response and every batch still waiting for a slot end ``abandoned``;
+a task still running ``CANCEL_GRACE`` later (it swallows cancellation, or blocks in a
+thread) is abandoned and left behind, so the process exits. So ``success + failure +
+cancelled + abandoned == enqueued``, exactly, and each cancelled or abandoned task is
+logged by name.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import BackgroundTasks, FastAPI
 
 import tasklens
+from tasklens.runtime.detached import EXIT_DELAY, EXIT_STATUS, FORCED_GRACE
+from tasklens.telemetry.setup import DEFAULT_FLUSH_TIMEOUT
 from tests.runtime.helpers import Probe, captured, serve
 from tests.support.metrics import scrape
 from tests.support.net import LOOPBACK, free_port
@@ -64,8 +69,8 @@ RELEASE_SYNC = threading.Event()
 
 
 def sync_outlives_timeout() -> None:
-    """Running in a thread at the timeout: threads cannot be cancelled, so shutdown waits
-    for it to return (released by the test once the timeout is logged); it succeeds."""
+    """Running in a thread at the timeout: threads cannot be cancelled; released by the test
+    once the timeout is logged, it returns within the grace and succeeds."""
     assert RELEASE_SYNC.wait(10)
 
 
@@ -295,3 +300,105 @@ def test_sigterm_with_1000_tasks_in_flight_exits_and_counts_every_task(tmp_path:
 def _plain(text: str) -> str:
     """Console output without ANSI colour codes."""
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+# --- tasks that do not end when cancelled, and a second signal -----------------------------
+STUBBORN_APP = "tests.runtime.apps.detached_stubborn:app"
+STUBBORN_MODULE = "tests.runtime.apps.detached_stubborn"
+#: What the process may take beyond the drain: the bounded flush and 1 s (the issue's bound).
+EXIT_BOUND = DEFAULT_FLUSH_TIMEOUT + 1.0
+
+
+def _post_kinds(base_url: str, kinds: list[str]) -> None:
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        for kind in kinds:
+            assert client.post(f"/{kind}").status_code == 200
+
+        def all_started() -> bool:
+            # Each kind's first task running (quick's done): the drain starts with them.
+            samples = scrape(client)
+            return samples.total("bgtask_in_progress") == len(kinds) - kinds.count(
+                "quick"
+            ) and samples.total("bgtask_finished_total", outcome="success") == kinds.count("quick")
+
+        wait_for(all_started, 10, "every task running", 0.05)
+
+
+def _summary_and_log(summary_path: Path, stderr: Path) -> tuple[dict[str, Any], str]:
+    assert summary_path.exists(), f"the app's shutdown never ran:\n{stderr.read_text()}"
+    return json.loads(summary_path.read_text()), _plain(stderr.read_text())
+
+
+@pytest.mark.parametrize("kind", ["stubborn", "blocked"])
+def test_sigterm_ends_a_drain_whose_task_ignores_cancellation(tmp_path: Path, kind: str) -> None:
+    """``stubborn`` catches every CancelledError and keeps awaiting; ``blocked`` is a sync
+    task in ``time.sleep(30)``. Either used to keep the process alive after SIGTERM (for
+    ever, or 30 s); now it is abandoned ``CANCEL_GRACE`` after the cancellation, counted, the
+    summary logged and the process exits."""
+    summary_path = tmp_path / "summary.json"
+    env = {"TASKLENS_TEST_SUMMARY": str(summary_path), "TASKLENS_TEST_SHUTDOWN_TIMEOUT": "1.0"}
+    with uvicorn_process(STUBBORN_APP, tmp_path, env) as (process, base_url, _, stderr):
+        wait_for(lambda: _ready(process, base_url, stderr), 20, "server startup", 0.05)
+        _post_kinds(base_url, [kind, "slow", "quick"])
+        process.send_signal(signal.SIGTERM)
+        signalled = time.perf_counter()
+        status = process.wait(1.0 + EXIT_BOUND)  # TimeoutExpired: the drain did not end
+        exit_seconds = time.perf_counter() - signalled
+    print(f"\nSIGTERM to exit with a {kind} task: {exit_seconds:.3f}s (shutdown_timeout 1.0s)")
+    assert status == -signal.SIGTERM  # uvicorn's graceful end: it re-raises the signal
+    assert 1.0 <= exit_seconds < 1.0 + EXIT_BOUND
+
+    summary, err = _summary_and_log(summary_path, stderr)
+    # quick: success; slow: cancelled, its next task abandoned; the stubborn/blocked task
+    # and its next task: abandoned.
+    assert summary["enqueued"] == 5
+    assert {k: v for k, v in summary["finished"].items() if v} == {
+        "success": 1,
+        "cancelled": 1,
+        "abandoned": 3,
+    }
+    assert "tasklens: detached tasks at shutdown: abandoned=3, cancelled=1, success=1" in err
+    assert (
+        "tasklens: 1 task(s) still running 0.50s after cancellation (a task that catches "
+        "CancelledError, or a sync task blocked in its thread), abandoned: "
+        f"{STUBBORN_MODULE}.{kind} x1" in err
+    )
+    assert "Application shutdown complete." in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_during_the_drain_exits_at_once(tmp_path: Path, sig: int) -> None:
+    """``shutdown_timeout=30``: the drain would wait 30 s for the slow task. A second signal
+    cancels at once; what does not end within ``FORCED_GRACE`` is abandoned; every task is
+    counted and the flush is skipped. uvicorn's own second Ctrl+C does not stop a lifespan
+    shutdown (it only stops waiting for connections)."""
+    summary_path = tmp_path / "summary.json"
+    env = {"TASKLENS_TEST_SUMMARY": str(summary_path), "TASKLENS_TEST_SHUTDOWN_TIMEOUT": "30"}
+    with uvicorn_process(STUBBORN_APP, tmp_path, env) as (process, base_url, _, stderr):
+        wait_for(lambda: _ready(process, base_url, stderr), 20, "server startup", 0.05)
+        _post_kinds(base_url, ["stubborn", "slow", "quick"])
+        process.send_signal(sig)
+        wait_for(lambda: "waiting up to 30.0s" in stderr.read_text(), 10, "the drain", 0.02)
+        process.send_signal(sig)
+        signalled = time.perf_counter()
+        status = process.wait(EXIT_BOUND)  # TimeoutExpired: the second signal was ignored
+        exit_seconds = time.perf_counter() - signalled
+    print(f"\nsecond {signal.Signals(sig).name} to exit: {exit_seconds:.3f}s")
+    # SIGTERM: uvicorn re-raises it at its end. SIGINT: uvicorn ends through asyncio's
+    # final cancellation of every task, where the stubborn task would hang it: tasklens
+    # ends the process (EXIT_STATUS) EXIT_DELAY s after the lifespan.
+    assert status == (-signal.SIGTERM if sig == signal.SIGTERM else EXIT_STATUS)
+    assert exit_seconds < FORCED_GRACE + EXIT_DELAY + 1.0
+
+    summary, err = _summary_and_log(summary_path, stderr)
+    assert summary["enqueued"] == 5
+    assert {k: v for k, v in summary["finished"].items() if v} == {
+        "success": 1,
+        "cancelled": 1,
+        "abandoned": 3,
+    }
+    name = signal.Signals(sig).name
+    assert f"tasklens: {name} during shutdown: not waiting any longer" in err
+    assert "tasklens: second signal, cancelling 2 running and abandoning 0 queued" in err
+    assert "tasklens: detached tasks at shutdown: abandoned=3, cancelled=1, success=1" in err
+    assert "tasklens: shutdown forced by a second signal; flush_at_shutdown skipped" in err
