@@ -45,12 +45,15 @@ def add_task_context(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+_NOT_SCRUBBED = frozenset({"level", "logger", "timestamp", "trace_id", "span_id", "task"})
+
+
 def scrub_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """structlog processor: redact URL passwords and sensitive key values in every string
     field (``HTTP Request: GET ...?api_key=[redacted]``), and whole fields whose key is
     sensitive (``password=...``); see :mod:`tasklens.telemetry.redact`."""
     for key, value in event_dict.items():
-        if key.startswith("_") or value is None:
+        if key in _NOT_SCRUBBED or key.startswith("_") or value is None:
             continue
         if is_sensitive(key):
             event_dict[key] = REDACTED

@@ -71,10 +71,15 @@ def test_every_failure_gets_an_ended_error_span_and_one_log_line(tmp_path: Path)
             log = server.log_text()
         status = _status_messages(rx)
 
+    lines = [line for line in _json_lines(log) if line.get("event") == FAILED]
+    print(
+        f"RELIABILITY failures: task spans {len(spans)}/{ROUNDS * len(CASES)}, ERROR "
+        f"{sum(s.status_code == 2 for s in spans)}, failure lines {len(lines)}, 'observer "
+        f"failed' lines {log.count('observer')}, source-file opens on the loop {loop_source_reads}"
+    )
     assert "observer" not in log, log  # no "tasklens: observer ... failed" line
     assert loop_source_reads == 0
     assert len(spans) == ROUNDS * len(CASES)
-    lines = [line for line in _json_lines(log) if line.get("event") == FAILED]
     assert len(lines) == ROUNDS * len(CASES)
     by_task: dict[str, list[ReceivedSpan]] = {}
     for span in spans:

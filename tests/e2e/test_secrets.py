@@ -91,6 +91,9 @@ def test_no_secret_in_spans_metrics_or_logs(tmp_path: Path, record_args: bool) -
         status = _status_messages(rx)
         servers = [s for s in rx.spans() if s.kind == 2]
 
+    found = {what: (exported.count(value), log.count(value)) for what, value in all_secrets.items()}
+    print(f"RELIABILITY secrets record_args={record_args}: {len(exported)} chars exported, "
+          f"{len(log)} chars of server output; (exported, output) occurrences {found}")  # fmt: skip
     for what, value in all_secrets.items():
         assert value not in exported, f"{what} exported"
         assert value not in log, f"{what} in the server output"

@@ -2,10 +2,12 @@
 
 With ``record_args=True`` the task span gets ``bgtask.args``/``bgtask.kwargs`` (JSON lists/
 objects of ``repr`` strings, each cut at 200 characters) and the failure/abandon log lines
-get ``task_args``/``task_kwargs``. Values are replaced by ``[redacted]`` when their key looks
-secret (password, token, secret, authorization, api key, cookie, session, credential...):
-keyword names, keys inside dict (and list) arguments, and the parameter names positional
-arguments bind to. With ``record_args=False`` (the default) no value is recorded anywhere.
+get ``task_args``/``task_kwargs``. Values are replaced by ``[redacted]`` when their key is
+sensitive (``tasklens.telemetry.redact.SENSITIVE_KEYS``: password, token, secret, auth, api
+key, cookie, session, credential...): keyword names, keys inside dict (and list) arguments,
+and the parameter names positional arguments bind to. With ``record_args=False`` (the
+default) no value is recorded anywhere. Header containers, URLs and unrepresentable values:
+``tests/telemetry/test_scrubbing.py`` and ``tests/e2e/test_secrets.py``.
 """
 
 from __future__ import annotations

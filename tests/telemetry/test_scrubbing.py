@@ -213,3 +213,17 @@ def test_no_source_file_read_on_the_event_loop(tmp_path: Path) -> None:
     _opened.clear()
     assert "    raise ValueError('from the probe')\n" in asyncio.run(on_loop())
     assert _opened == []
+
+
+def test_a_failing_traceback_formatter_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: Any) -> list[str]:
+        raise RecursionError("formatter failed")
+
+    monkeypatch.setattr(redact, "_frames", broken)
+    try:
+        raise ValueError("token=t9")
+    except ValueError as exc:
+        failure = describe_failure(exc)
+    assert failure.message == f"token={R}"
+    assert failure.stacktrace == "<unrepresentable traceback of ValueError>\n"
+    assert failure.fallbacks == 1
