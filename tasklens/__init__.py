@@ -13,6 +13,7 @@ from tasklens.instrument import instrument
 from tasklens.instrumentor import TasklensInstrumentor
 from tasklens.runtime import BackgroundTasks, TaskObserver, TaskRecord, current_task
 from tasklens.telemetry import Telemetry, flush, setup
+from tasklens.telemetry.redact import add_sensitive_keys
 
 __all__ = [
     "BackgroundTasks",
@@ -20,6 +21,7 @@ __all__ = [
     "TaskRecord",
     "TasklensInstrumentor",
     "Telemetry",
+    "add_sensitive_keys",
     "current_task",
     "flush",
     "instrument",

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from starlette.datastructures import URL, Headers, MutableHeaders
 
+import tasklens
 from tasklens.telemetry import redact
 from tasklens.telemetry.redact import (
     REDACTED,
-    add_sensitive_keys,
     describe_args,
     describe_failure,
     is_sensitive,
@@ -73,11 +73,11 @@ def restore_keys() -> Iterator[None]:
 
 def test_add_sensitive_keys_extends_text_and_arguments(restore_keys: None) -> None:
     assert scrub("ssn=123-45") == "ssn=123-45"
-    add_sensitive_keys("ssn", "IBAN")
+    tasklens.add_sensitive_keys("ssn", "IBAN")
     assert scrub("ssn=123-45 iban: DE89") == f"ssn={R} iban: {R}"
     assert describe_args((), {"customer_iban": "DE89"}).kwargs == {"customer_iban": R}
     with pytest.raises(ValueError, match="add_sensitive_keys: expected non-empty strings, got ''"):
-        add_sensitive_keys("")
+        tasklens.add_sensitive_keys("")
 
 
 def test_header_containers_urls_and_keys_are_redacted() -> None:
