@@ -24,6 +24,7 @@ from .redact import REDACTED, describe_args, is_sensitive, scrub, task_failure
 
 EventDict = MutableMapping[str, Any]
 _factory_installed = False
+FAILED = "background task failed"
 
 
 def _task_fields() -> dict[str, str]:
@@ -166,6 +167,20 @@ class LogObserver(TaskObserver):
         self._record_args = record_args
 
     def finished(self, task: TaskRecord) -> None:
+        try:
+            self._log_outcome(task)
+        except Exception as exc:  # building the line failed: a minimal one still goes out
+            if task.outcome != c.OUTCOME_SUCCESS:
+                event = (
+                    FAILED
+                    if task.outcome == c.OUTCOME_FAILURE
+                    else f"background task {task.outcome}"
+                )
+                error = "" if task.error is None else c.error_type(task.error)
+                fields = {"task": task.name, "outcome": task.outcome, "error_type": error}
+                _write_fallback("error", event, fields, exc)
+
+    def _log_outcome(self, task: TaskRecord) -> None:
         if task.loop_blocked:
             self._emit(
                 "warning",
@@ -191,7 +206,7 @@ class LogObserver(TaskObserver):
                 duration_seconds=round(task.duration_seconds, 6),
                 exception=failure.stacktrace.rstrip("\n"),
             )
-            self._emit("error", "background task failed", fields)
+            self._emit("error", FAILED, fields)
         elif outcome in (c.OUTCOME_CANCELLED, c.OUTCOME_ABANDONED, c.OUTCOME_SKIPPED):
             if fallbacks:
                 fields["unrepresentable"] = fallbacks

@@ -185,7 +185,7 @@ def _positional_names(func: Callable[..., Any] | None) -> list[str]:
         return []
     try:
         parameters = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
+    except Exception:  # TypeError, ValueError; anything from a custom __signature__
         return []
     names = []
     for parameter in parameters:
