@@ -74,7 +74,7 @@ def _claim_of(task: BackgroundTask) -> Claim | None:
 
 def _is_list(entry: object) -> bool:
     """A BackgroundTasks whose ``__call__`` is the runtime's: its entries run as ours."""
-    return getattr(type(entry).__call__, "_tasklens", False) is True
+    return isinstance(entry, BackgroundTasks) and getattr(type(entry).__call__, "_tasklens", False)
 
 
 def _flatten(tasks: list[Any]) -> list[Any]:
@@ -103,8 +103,9 @@ def _take(task: object, claim: Claim) -> bool:
 
 
 def _unreserve(obj: object) -> None:
-    if getattr(obj, _RESERVED_ATTR, False):
-        delattr(obj, _RESERVED_ATTR)
+    attrs = getattr(obj, "__dict__", None)
+    if attrs:
+        attrs.pop(_RESERVED_ATTR, None)
 
 
 def _nested(obj: object, seen: set[int]) -> list[BackgroundTask]:
@@ -175,6 +176,13 @@ def _record_of(entry: Any, claim: Claim | None, runner: TaskRunner) -> TaskRecor
     other entry (a subclass with its own ``__call__``, an object with an async ``__call__``,
     a BackgroundTasks subclass with its own ``__call__``) is one opaque task that awaits
     ``entry()``, named after its function if it has one, else after its type."""
+    if (
+        claim is not None
+        and type(entry).__call__ is _task_call
+        and not isinstance(entry.func, BackgroundTasks)
+    ):  # the common case: a plain task counted at add_task, nothing nested in it
+        entry.__dict__.pop(_RESERVED_ATTR, None)
+        return claim[1]
     if claim is None:
         func = getattr(entry, "func", None) if isinstance(entry, BackgroundTask) else None
         if callable(func):
@@ -239,6 +247,11 @@ def _tasks_call_for(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 async def _task_call(self: BackgroundTask) -> None:
     claim = _claim_of(self)
+    if claim is not None and current_task_var.get() is claim[1]:
+        # A subclass's own __call__ calling super().__call__() inside its task's run: the
+        # function runs as in Starlette; the span is ours already (no instrumentor's second).
+        await _STARLETTE_TASK_CALL(self)
+        return
     if claim is None or not _take(self, claim):
         await _previous_task_call(self)
         return

@@ -420,3 +420,54 @@ async def test_unsampled_trace_makes_no_task_span_but_counts_and_correlates(
     assert spans.get_finished_spans() == ()  # parent-based sampling: nothing to export
     assert kit.value("bgtask_finished_total", outcome="success") == 1
     assert seen == [(trace_id, "tests.runtime.test_core_scheduling." + traced_task.__qualname__)]
+
+
+class _AroundTask(BackgroundTask):
+    """A subclass with its own ``__call__`` around Starlette's."""
+
+    async def __call__(self) -> None:
+        RAN.append("before")
+        await super().__call__()
+        RAN.append("after")
+
+
+@pytest.mark.parametrize("order", ["otel-first", "tasklens-first"])
+async def test_subclass_override_runs_with_one_span_under_fastapi_instrumentor(
+    spans, kit: Kit, order: str
+) -> None:
+    """The override runs (it used to be skipped) and its ``super().__call__()`` adds no
+    instrumentor span: one ``bgtask`` span per task, whoever instrumented first."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    app = FastAPI()
+
+    @app.get("/list")
+    async def in_a_list() -> JSONResponse:
+        tasks = StarletteBackgroundTasks([_AroundTask(write, "in-list")])
+        tasks.add_task(awrite, "next")
+        return JSONResponse({}, background=tasks)
+
+    @app.get("/single")
+    async def single() -> JSONResponse:
+        return JSONResponse({}, background=_AroundTask(awrite, "single"))
+
+    if order == "otel-first":
+        FastAPIInstrumentor.instrument_app(app)
+        tasklens.instrument(app, observers=kit.observers, on_error="stop")
+    else:
+        tasklens.instrument(app, observers=kit.observers, on_error="stop")
+        FastAPIInstrumentor.instrument_app(app)
+    try:
+        await _call(app, path="/list")
+        await _call(app, path="/single")
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)
+    assert RAN == ["before", "in-list", "after", "next", "before", "single", "after"]
+    names = [s.name for s in spans.get_finished_spans()]
+    assert [n for n in names if "ackground" in n or n.startswith("bgtask")] == [
+        "bgtask tests.runtime.test_core_scheduling.write",
+        "bgtask tests.runtime.test_core_scheduling.awrite",
+        "bgtask tests.runtime.test_core_scheduling.awrite",
+    ]
+    assert kit.value("bgtask_finished_total", outcome="success") == 3
+    assert kit.value("bgtask_pending") == 0
