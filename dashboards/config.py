@@ -44,6 +44,11 @@ class Params:
     pending_floor: float = 100.0
     pending_for: str = "15m"
     target_down_for: str = "2m"
+    #: BgTaskLost: tasks without an outcome (enqueued - finished - pending - in progress)
+    #: above this at every evaluation of ``lost_window``, for ``lost_for``.
+    lost_window: str = "5m"
+    lost_floor: float = 0.5
+    lost_for: str = "1m"
     #: Prefix of runbook links (``<base>/<Alert>.md``); the default is the repository path.
     runbook_base_url: str = "docs/runbooks"
     #: Prefix of dashboard links (``<grafana_url>/d/<uid>``); empty gives a Grafana-relative path.

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from dashboards import overview, task
-from dashboards.config import Params, eq, quantile, rate, series, sum_by
+from dashboards.config import Params, eq, quantile, rate, regex, series, sum_by
 from tasklens.telemetry import contract
 
 Rule = dict[str, object]
@@ -73,7 +73,37 @@ def recording_rules(params: Params) -> list[Rule]:
                 "labels": {"slo": f"{params.slo:g}"},
             },
         ]
-    return recorded
+    return recorded + lost_rules(params)
+
+
+def lost() -> str:
+    """Name of the recorded per-instance count of tasks that vanished without an outcome."""
+    return "job_instance:bgtask_lost:sum"
+
+
+def lost_rules(params: Params) -> list[Rule]:
+    """Tasks enqueued and neither finished (any outcome), pending nor in progress.
+
+    For a live process the difference is 0: every task is in exactly one of those. With
+    several gunicorn workers, ``/metrics`` keeps the counters of dead workers and drops
+    their live gauges (``child_exit``), so a worker killed mid-task leaves exactly the tasks
+    it held: the difference, persistent until the directory is wiped at the next start.
+    Totals, not ``increase()``: a window's extrapolation credits a new series (a new worker,
+    a new task name) with its first value, and the last scrape before a graceful exit can
+    show tasks that were then ended (``abandoned``) unseen, so a windowed difference would
+    report losses at every deploy. A scrape is not atomic; tasklens's ``/metrics`` reads the
+    four metrics back to back, enqueued first and finished last, so tasks moving meanwhile
+    bias the difference down (a miss, not an invented loss); ``min_over_time`` in the alert
+    ignores the +1 of an observer call caught between its two increments."""
+    by = ("job", "instance")
+    job = eq("job", params.job)
+    gauges = regex("__name__", f"{contract.PENDING.name}|{contract.IN_PROGRESS.name}")
+    terms = [
+        sum_by(by, series(contract.ENQUEUED, job)),
+        sum_by(by, series(contract.FINISHED, job)),
+        sum_by(by, f"{{{gauges}, {job}}}"),
+    ]
+    return [{"record": lost(), "expr": "\n- ".join(terms)}]
 
 
 # --- Alerts -------------------------------------------------------------------------------
@@ -267,6 +297,22 @@ def target_down(p: Params) -> Alert:
     )
 
 
+def tasks_lost(p: Params) -> Alert:
+    """Tasks vanished without an outcome: a worker died with them."""
+    return Alert(
+        "BgTaskLost",
+        f"min_over_time({lost()}[{p.lost_window}]) > {_num(p.lost_floor)}",
+        p.lost_for,
+        WARNING,
+        "Background tasks of {{ $labels.instance }} were lost",
+        f'{{{{ $value | printf "%.0f" }}}} background tasks of {{{{ $labels.instance }}}} '
+        f"(job {{{{ $labels.job }}}}) were enqueued and are neither finished (any outcome), "
+        f"pending nor in progress, for at least {p.lost_window}: a worker died with them "
+        "(SIGKILL, OOM kill, crash). The count stays until the service restarts.",
+        ("job", "instance"),
+    )
+
+
 ALERTS: tuple[Callable[[Params], Alert], ...] = (
     failure_ratio_high,
     error_budget_burn_fast,
@@ -274,6 +320,7 @@ ALERTS: tuple[Callable[[Params], Alert], ...] = (
     queue_time_high,
     threadpool_saturated,
     pending_growing,
+    tasks_lost,
     target_down,
 )
 

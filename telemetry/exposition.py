@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -32,7 +32,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .metrics import multiprocess_mode
+from .metrics import TaskMetrics, multiprocess_mode
+from .metrics import _by_registry as _task_metrics
 from .multiprocess import ENV, directory_from_env
 
 _logger = logging.getLogger("tasklens.telemetry")
@@ -115,8 +116,32 @@ class Rendering:
         """The exposition body (blocking: seconds for a large registry, so off the loop)."""
         encoder, _ = choose_encoder(self.accept)
         source: Any = registry.restricted_registry(list(self.names)) if self.names else registry
+        metrics = _task_metrics.get(id(registry))
+        if metrics is not None and not self.names:
+            source = AccountedFirst(registry, metrics)
         body: bytes = encoder(source)
         return gzip.compress(body) if self.compress else body
+
+
+class AccountedFirst:
+    """The registry, with the four metrics whose difference counts lost tasks (enqueued -
+    finished - pending - in progress, the ``BgTaskLost`` rule) read first, back to back, in
+    the order enqueued, pending, in progress, finished. A scrape reads metric after metric
+    while tasks move on: in this order a task that moves meanwhile can only lower the
+    difference (in the registration order, a backlog draining during a one-second render
+    showed +1,130 phantom lost tasks)."""
+
+    def __init__(self, registry: CollectorRegistry, metrics: TaskMetrics) -> None:
+        self.registry = registry
+        self.first = (metrics.enqueued, metrics.pending, metrics.in_progress, metrics.finished)
+
+    def collect(self) -> Iterator[Metric]:
+        first = [family for collector in self.first for family in collector.collect()]
+        names = {family.name for family in first}
+        yield from first
+        for family in self.registry.collect():
+            if family.name not in names:
+                yield family
 
 
 class _Flight:
