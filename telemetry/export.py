@@ -17,6 +17,7 @@ import structlog
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
 from .metrics import TaskMetrics
 
@@ -162,14 +163,23 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
       see :class:`CountingSpanExporter`.
     - Ended after shutdown: as the SDK reports them.
 
+    ``status_limit``: longest status description queued (see :func:`bound_status`).
+
     Queue-full drops are logged once per :data:`DROP_LOG_INTERVAL` seconds with their
     count (the SDK's own warning would be one per dropped span, deduplicated by the SDK).
     Should a future SDK lay its batch processor out differently, its own drop reports are
     counted instead.
     """
 
-    def __init__(self, exporter: SpanExporter, metrics: TaskMetrics, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        metrics: TaskMetrics,
+        status_limit: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(CountingSpanExporter(exporter, metrics), **kwargs)
+        self._status_limit = status_limit
         self._dropped = metrics.spans_dropped
         self._lock = threading.Lock()
         self._drop_log = DropLog()
@@ -198,6 +208,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if not (span.context and span.context.trace_flags.sampled):
             return
+        if self._status_limit is not None:
+            bound_status(span, self._status_limit)
         if not self._guarded:
             super().on_end(span)
             return
@@ -212,6 +224,16 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         if self._sdk_metrics is not None:
             self._sdk_metrics.drop_items(1)  # the SDK's own processor metrics, if enabled
         self._drop_log.dropped(self._limit)  # type: ignore[arg-type]
+
+
+def bound_status(span: ReadableSpan, limit: int) -> None:
+    """Truncate the span's status description to ``limit`` characters. The SDK's span
+    limits bound attribute values but not the description, which carries the exception's
+    message: a 50 KB message would keep every queued span 50 KB larger. The SDK keeps the
+    status in ``_status`` (1.40 to today); a span laid out otherwise is left as it is."""
+    description = span.status.description
+    if description and len(description) > limit and hasattr(span, "_status"):
+        span._status = Status(span.status.status_code, description[:limit])
 
 
 #: Seconds between two "span export queue full" warnings.

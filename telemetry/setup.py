@@ -250,15 +250,19 @@ def setup(
             handle.owns_tracer_provider = False
             _logger.info("tasklens: keeping the tracer provider configured by the application")
         else:
-            provider = TracerProvider(resource=resource, span_limits=span_limits())
+            limits = span_limits()
+            bound = limits.max_span_attribute_length  # also for the status description
+            provider = TracerProvider(resource=resource, span_limits=limits)
             for name in traces:
                 exporter = span_exporter(otlp_endpoint, otlp_protocol_name, name)
-                provider.add_span_processor(CountingBatchSpanProcessor(exporter, task_metrics))
+                provider.add_span_processor(
+                    CountingBatchSpanProcessor(exporter, task_metrics, status_limit=bound)
+                )
                 handle.exporting.append(f"traces: {describe(name, 'traces', otlp_protocol_name)}")
             no_exporter_chosen = "OTEL_TRACES_EXPORTER" not in os.environ and not traces
             if span_logs or (span_logs is None and no_exporter_chosen):
                 provider.add_span_processor(
-                    CountingBatchSpanProcessor(LogSpanExporter(), task_metrics)
+                    CountingBatchSpanProcessor(LogSpanExporter(), task_metrics, status_limit=bound)
                 )
                 handle.exporting.append("traces: log lines")
             trace.set_tracer_provider(provider)

@@ -17,7 +17,11 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
+from prometheus_client import CollectorRegistry
 
+from tasklens.telemetry.export import CountingBatchSpanProcessor
+from tasklens.telemetry.metrics import TaskMetrics
 from tasklens.telemetry.setup import DEFAULT_ATTRIBUTE_LENGTH_LIMIT, span_limits
 from tests.support.server import REPO, clean_env
 
@@ -243,3 +247,20 @@ def test_attribute_length_variables_are_honoured(monkeypatch: pytest.MonkeyPatch
     attributes, event = _failed_span(_BIG)
     # The span-only variable bounds span attributes; event attributes keep the default.
     assert (len(attributes["big"]), len(event["exception.message"])) == (200, 4096)
+
+
+def test_status_description_is_bounded_like_span_attributes() -> None:
+    """The SDK's limits skip the status description (the exception message, 50 KB here);
+    setup()'s processors bound it to the span attribute limit."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=span_limits())
+    metrics = TaskMetrics(CollectorRegistry())
+    processor = CountingBatchSpanProcessor(exporter, metrics, status_limit=4096)
+    provider.add_span_processor(processor)
+    with provider.get_tracer("t").start_as_current_span("task") as span:
+        span.set_status(Status(StatusCode.ERROR, "ValueError: " + _BIG))
+    provider.force_flush()
+    (finished,) = exporter.get_finished_spans()
+    assert finished.status.status_code is StatusCode.ERROR
+    assert finished.status.description == ("ValueError: " + _BIG)[:4096]
+    provider.shutdown()
