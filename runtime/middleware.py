@@ -21,7 +21,10 @@ class TaskRuntimeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                patch.reconcile()  # after the lifespan: holds of batches abandoned at shutdown
             return
         request = RequestScope(self.runner, otel_context.get_current())
         token = current_scope.set(request)
