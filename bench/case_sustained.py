@@ -6,8 +6,9 @@ the load generator, in its own process, to the second (``os.sched_setaffinity``,
 installs it) with one thread, C keep-alive connections and ``--latency``, or
 :mod:`bench.loadgen` when wrk is not installed. Each request (``GET /load``) adds one async
 and one sync no-op task. During the load the harness reads ``/_bench/stats`` (a 17th
-connection, once a second: the timeline of tasks behind); right after it, the end state;
-then it waits (bounded) for the tasks still behind to finish and reads the state again.
+connection, once a second: the timeline of tasks behind) and, a quarter second before it
+stops, the end state; then it waits (bounded) for the tasks still behind to finish and
+reads the state again.
 """
 
 from __future__ import annotations
@@ -169,14 +170,19 @@ def run_variant(
         _stats(port)  # first request: lazy setup (middleware stack, tracer) out of the way
         start = _stats(port, reset="1", objects="1")
         load = _start_load(port, connections, seconds, client_cpu)
-        timeline = []
         began = time.monotonic()
-        while load.poll() is None and time.monotonic() - began < seconds + 60:
-            time.sleep(1.0)
-            if load.poll() is None:
-                timeline.append(_stats(port))
+        # Once a second, then the end state a quarter second before the load stops (after
+        # it, whatever fell behind would already be draining).
+        timeline, end = [], None
+        for tick in (*range(1, seconds), seconds - 0.25):
+            time.sleep(max(0.0, began + tick - time.monotonic()))
+            if load.poll() is not None:
+                break
+            end = _stats(port, objects="1") if tick == seconds - 0.25 else _stats(port)
+            timeline.append(end)
         result = _load_result(load, seconds)
-        end = _stats(port, objects="1")
+        if end is None:
+            raise RuntimeError(f"{variant}: the load generator stopped early")
         drained_at = time.monotonic()
         after = end
         while after["behind"] > 0 and time.monotonic() - drained_at < drain_timeout:

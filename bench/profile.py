@@ -27,7 +27,7 @@ from bench.case_tasks import _timed
 
 def _time_hooks(variant: apps.Variant) -> collections.Counter[str]:
     """Wrap every observer hook of the variant's runner with a timer; returns the totals."""
-    runner = variant.app.state.tasklens_runner
+    runner = variant.app.state.tasklens[0]
     spent: collections.Counter[str] = collections.Counter()
     clock = time.perf_counter
 
