@@ -63,9 +63,11 @@ def _parent() -> Context | None:
 
 def _claim_of(task: BackgroundTask) -> Claim | None:
     claim: Claim | None = getattr(task, _CLAIM_ATTR, None)
-    if claim is None:
+    if claim is None or claim[1].outcome is not None:
         scope = current_scope.get()
-        if scope is not None:  # created outside a request, run inside one
+        # Created outside a request, or run again (one object reused by every request):
+        # counted now, as a task of its own.
+        if scope is not None:
             record = scope.runner.enqueue(task.func, task.args, task.kwargs, _parent())
             claim = (scope.runner, record)
             setattr(task, _CLAIM_ATTR, claim)
@@ -225,8 +227,10 @@ def _tasks_call_for(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     async def __call__(self: BackgroundTasks) -> None:
         entries = _flatten(self.tasks)
         claims: list[Claim | None] = [getattr(e, _CLAIM_ATTR, None) for e in entries]
-        pairs = list(zip(entries, claims, strict=True))
         scope = current_scope.get()
+        if scope is not None:  # a finished task run again is counted again (see _claim_of)
+            claims = [None if c is not None and c[1].outcome is not None else c for c in claims]
+        pairs = list(zip(entries, claims, strict=True))
         runner = next((c[0] for c in claims if c is not None), None)
         if runner is None and scope is not None:
             runner = scope.runner

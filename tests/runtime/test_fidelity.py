@@ -309,3 +309,25 @@ def test_host_and_mount_routes_in_detached_mode(probe: Probe) -> None:
     samples = probe.samples()
     assert samples.total("bgtask_finished_total", outcome="success") == 4
     assert samples.value("bgtask_pending") == 0
+
+
+async def test_task_objects_reused_by_every_request_are_counted_each_run(probe: Probe) -> None:
+    """One ``BackgroundTasks`` made at import time and given to every response (FastAPI's
+    own test suite does this): Starlette runs it each time; each run is counted, not only
+    the first."""
+    build, expected, counted = SCENARIOS["objects_made_outside_the_request"]
+    plain_events: Events = []
+    events: Events = []
+    plain, app = build(plain_events), build(events)
+    tasklens.instrument(app, on_error="stop", observers=probe.observers(), metrics_path=None)
+    for _ in range(3):
+        assert (await _get(plain)).status_code == 200
+        assert (await _get(app)).status_code == 200
+    assert events == plain_events == expected * 3
+    samples = probe.samples()
+    assert {
+        dict(labels)["task"]: value
+        for labels, value in samples.series("bgtask_enqueued_total").items()
+    } == {name: 3 * count for name, count in counted.items()}
+    assert samples.total("bgtask_finished_total", outcome="success") == 3 * sum(counted.values())
+    assert samples.value("bgtask_pending") == 0
