@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ class TaskRecord:
         "args",
         "batch_size",
         "claimed",
+        "context",
         "enqueued_at",
         "enqueued_ns",
         "error",
@@ -59,6 +61,9 @@ class TaskRecord:
         self.enqueued_at = time.perf_counter()
         self.enqueued_ns = time.time_ns()
         self.parent_context = parent_context
+        #: The context variables at ``add_task``: the task runs in this copy of its own, so
+        #: what it sets (contextvars, structlog bindings) never reaches later tasks.
+        self.context = contextvars.copy_context()
         self.index = 0
         self.batch_size = 1
         self.started_at: float | None = None

@@ -8,8 +8,8 @@ Every step is announced to the observers; the runtime knows none of them by name
 
 from __future__ import annotations
 
-import contextvars
 import functools
+import inspect
 import logging
 import time
 import types
@@ -27,7 +27,7 @@ from opentelemetry.context import Context
 from .context import current_task_var
 from .detached import DetachedExecutor
 from .loop_lag import LoopLagSampler
-from .naming import TaskNamer
+from .naming import TaskNamer, display_name
 from .observer import TaskObserver
 from .options import RuntimeOptions
 from .outcomes import (
@@ -41,12 +41,48 @@ from .outcomes import (
 from .record import TaskRecord
 from .stepping import resume_steps
 
+try:  # anyio marks worker-thread contexts "no async library"; a task's own context too
+    from sniffio import current_async_library_cvar as _async_library
+except ImportError:  # newer anyio releases no longer need sniffio
+    _async_library = None  # type: ignore[assignment]
+
 _logger = logging.getLogger("tasklens.runtime")
 _perf = time.perf_counter
 
 
-def _noop(*_: Any) -> None:
-    return None
+def _ran(*_: Any, **__: Any) -> None:
+    """A finished record's function (the real one is released)."""
+
+
+#: ``_begin_async``: the function returned an awaitable that is not a coroutine.
+_NOT_STEPPED = object()
+
+
+def _never_ran(result: object) -> bool:
+    """A sync task returned something whose body has not run: a coroutine (an ``async def``
+    called without ``await``), another awaitable, or an async generator. (No ABC check: an
+    ``isinstance`` against ``Awaitable`` caches every type it sees.)"""
+    if isinstance(result, (types.CoroutineType, types.AsyncGeneratorType)):
+        return True
+    if isinstance(result, types.GeneratorType):
+        return bool(result.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE)
+    return hasattr(type(result), "__await__")
+
+
+def _returned_awaitable(record: TaskRecord, result: object) -> TypeError:
+    """The failure of a sync task that returned an awaitable; a coroutine is closed (no
+    "never awaited" warning), its body never ran."""
+    if inspect.iscoroutine(result):
+        kind = "a coroutine"
+        result.close()
+    elif inspect.isasyncgen(result):
+        kind = "an async generator"
+    else:
+        kind = f"an awaitable ({type(result).__name__})"
+    return TypeError(
+        f"background task {display_name(record.func)} returned {kind} that nothing awaits; "
+        "make it async def or await it"
+    )
 
 
 class TaskRunner:
@@ -143,45 +179,55 @@ class TaskRunner:
             raise
 
     async def _run_async(self, record: TaskRecord) -> None:
-        token = current_task_var.set(record)
+        """Run an async task on the loop, every step inside the task's own context (captured
+        at ``add_task``): its context variables stay its own, no asyncio task needed."""
+        context = record.context
         try:
-            _notify(self._on_started, record)
-            record.started_at = _perf()
-            try:
-                result = record.func(*record.args, **record.kwargs)
-                if self._block_threshold is not None and isinstance(result, types.CoroutineType):
-                    # The first step runs here, as ``await`` would run it; only a task that
-                    # suspends pays for the step-measuring trampoline (resume_steps).
-                    step_start = _perf()
-                    try:
-                        yielded = result.send(None)
-                    except StopIteration:
-                        record.loop_blocking = _perf() - step_start
-                    except BaseException:
-                        record.loop_blocking = _perf() - step_start
-                        raise
-                    else:
-                        longest = [_perf() - step_start]
-                        try:
-                            await resume_steps(result, yielded, longest)
-                        finally:
-                            record.loop_blocking = longest[0]
+            coro, yielded = context.run(self._begin_async, record)
+            if coro is not None:
+                if yielded is _NOT_STEPPED:
+                    await coro  # an awaitable that is not a coroutine (Starlette awaits it)
                 else:
-                    await result
-            except Exception as exc:
-                record.outcome = OUTCOME_FAILURE
-                record.error = exc
-            except BaseException as exc:
-                cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-                record.outcome = OUTCOME_CANCELLED if cancelled else OUTCOME_FAILURE
-                record.error = exc
-                self._finish(record)
-                raise
-            else:
-                record.outcome = OUTCOME_SUCCESS
-            self._finish(record)
+                    longest = [record.loop_blocking or 0.0]
+                    try:
+                        await resume_steps(coro, yielded, longest, context)
+                    finally:
+                        if self._block_threshold is not None:
+                            record.loop_blocking = longest[0]
+        except Exception as exc:
+            record.outcome = OUTCOME_FAILURE
+            record.error = exc
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            record.outcome = OUTCOME_CANCELLED if cancelled else OUTCOME_FAILURE
+            record.error = exc
+            context.run(self._finish, record)
+            raise
+        else:
+            record.outcome = OUTCOME_SUCCESS
+        context.run(self._finish, record)
+
+    def _begin_async(self, record: TaskRecord) -> tuple[Any, Any]:
+        """In the task's context: announce the start, call the function and run its first
+        step, as ``await`` would. Returns (coroutine, what it yielded) when it suspended,
+        (awaitable, _NOT_STEPPED) for an awaitable that is not a coroutine, (None, None)
+        when it is done; only a task that suspends pays for the trampoline (resume_steps)."""
+        current_task_var.set(record)
+        _notify(self._on_started, record)
+        record.started_at = _perf()
+        result = record.func(*record.args, **record.kwargs)
+        if not isinstance(result, types.CoroutineType):
+            return result, _NOT_STEPPED
+        step_start = _perf()
+        try:
+            yielded = result.send(None)
+        except StopIteration:
+            return None, None
         finally:
-            current_task_var.reset(token)
+            step = _perf() - step_start
+            if self._block_threshold is not None:
+                record.loop_blocking = step
+        return result, yielded
 
     async def _run_sync_batch(self, records: Sequence[TaskRecord], start: int, end: int) -> int:
         """Run ``records[start:end]`` (all sync) in one thread hand-off; return the next index."""
@@ -220,8 +266,8 @@ class TaskRunner:
                 record.threadpool_wait = 0.0
             else:
                 record.threadpool_wait = _perf() - handoff
-            # A fresh copy per task: contextvars set by one task never leak into the next.
-            fatal = contextvars.copy_context().run(self._run_sync_one, record)
+            # Its own context (captured at add_task): contextvars never leak to the next task.
+            fatal = record.context.run(self._run_sync_one, record)
             if fatal is not None:
                 return position + 1, fatal, False
             if record.outcome == OUTCOME_FAILURE and self._stop_on_error:
@@ -230,11 +276,15 @@ class TaskRunner:
 
     def _run_sync_one(self, record: TaskRecord) -> BaseException | None:
         current_task_var.set(record)
+        if _async_library is not None:
+            _async_library.set(None)  # a worker thread, as anyio marks its own contexts
         _notify(self._on_started, record)
         record.started_at = _perf()
         fatal: BaseException | None = None
         try:
-            record.func(*record.args, **record.kwargs)
+            result = record.func(*record.args, **record.kwargs)
+            if result is not None and _never_ran(result):
+                raise _returned_awaitable(record, result)
         except Exception as exc:
             record.outcome = OUTCOME_FAILURE
             record.error = exc
@@ -253,6 +303,11 @@ class TaskRunner:
         if blocking is not None and threshold is not None and blocking > threshold:
             record.loop_blocked = True
         _notify(self._on_finished, record)
+        if record.started_at is not None:
+            # A record outlives its task where something keeps its context (an idle worker
+            # thread's last job, a cancelled keep-alive timer): it must not keep the
+            # callable and arguments (a request's connection, payload) with it.
+            record.func, record.args, record.kwargs = _ran, (), {}
 
     def _finish_unstarted(self, records: Sequence[TaskRecord], outcome: Outcome) -> None:
         for record in records:

@@ -36,8 +36,8 @@ def instrument(
     Options (validated here, each error names the option), runtime: ``on_error``, ``mode``,
     ``max_concurrency``, ``shutdown_timeout``, ``threadpool_size``, ``max_task_names``,
     ``loop_block_threshold``, ``loop_lag_interval``; telemetry: ``metrics_path``,
-    ``record_args``, ``request_spans``. ``observers`` replaces the default spans, metrics and
-    logs observers. Calling it twice returns the first runner.
+    ``max_exception_types``, ``record_args``, ``request_spans``. ``observers`` replaces the
+    default spans, metrics and logs observers. Calling it twice returns the first runner.
     """
     if not isinstance(app, Starlette):
         raise TypeError(

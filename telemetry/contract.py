@@ -62,7 +62,8 @@ FAILURES = MetricSpec(
     "bgtask_failures",
     "counter",
     ("task", "exception"),
-    "Background task failures by exception class.",
+    "Background task failures by exception class (module.qualname; past max_exception_types "
+    "classes, other).",
 )
 QUEUE_SECONDS = MetricSpec(
     "bgtask_queue_seconds",

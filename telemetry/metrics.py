@@ -7,6 +7,7 @@ cached on the task identity, so the hot path never looks labels up by string.
 
 from __future__ import annotations
 
+import logging
 import threading
 from bisect import bisect_left
 from typing import Any
@@ -16,11 +17,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import values as prometheus_values
 
 from tasklens.runtime import TaskObserver, TaskRecord
+from tasklens.runtime.naming import LabelLimit
 
 from . import contract as c
 from .multiprocess import prepare_directory
 
 _lock = threading.Lock()
+_logger = logging.getLogger("tasklens.telemetry")
+#: Distinct ``exception`` label values before new ones fold into ``other``.
+DEFAULT_EXCEPTION_LIMIT = 50
 #: Seconds between two exemplars of the same histogram bucket (per task, outcome).
 EXEMPLAR_INTERVAL = 1.0
 _by_registry: dict[int, TaskMetrics] = {}
@@ -116,10 +121,21 @@ class _TaskChildren:
 
 
 class MetricsObserver(TaskObserver):
-    """Records enqueue, start and finish of every task in the contract's metrics."""
+    """Records enqueue, start and finish of every task in the contract's metrics.
 
-    def __init__(self, metrics: TaskMetrics | None = None) -> None:
+    The ``exception`` label is bounded like ``task``: past ``max_exception_types`` distinct
+    classes (``module.qualname``, so same-named classes of two modules stay apart), new ones
+    are counted as ``exception="other"`` with one warning; spans and logs keep the class."""
+
+    def __init__(
+        self,
+        metrics: TaskMetrics | None = None,
+        max_exception_types: int = DEFAULT_EXCEPTION_LIMIT,
+    ) -> None:
         self.metrics = metrics or TaskMetrics.for_registry()
+        self.exception_types = LabelLimit(
+            "exception", "exception classes", "max_exception_types", max_exception_types, _logger
+        )
         self._pending = self.metrics.pending
         self._borrowed = self.metrics.threadpool_tokens.labels("borrowed")
         self._total = self.metrics.threadpool_tokens.labels("total")
@@ -168,7 +184,7 @@ class MetricsObserver(TaskObserver):
                 children.blocking.observe(task.loop_blocking)
         children.finished[outcome].inc()
         if task.error is not None and outcome == c.OUTCOME_FAILURE:
-            kind = c.error_type(task.error)
+            kind = self.exception_types.admit(c.error_type(task.error))
             counter = children.failures.get(kind)
             if counter is None:
                 counter = children.failures[kind] = self.metrics.failures.labels(task.name, kind)

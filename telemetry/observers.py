@@ -21,7 +21,7 @@ def default_observers(options: TelemetryOptions) -> list[TaskObserver]:
     ``finished`` in reverse, so the task span is current while metrics and logs record."""
     return [
         SpanObserver(record_args=options.record_args),
-        MetricsObserver(),
+        MetricsObserver(max_exception_types=options.max_exception_types),
         LogObserver(record_args=options.record_args),
     ]
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from tasklens.runtime.options import validate
+from tasklens.runtime.options import positive_int, validate
+
+from .metrics import DEFAULT_EXCEPTION_LIMIT
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class TelemetryOptions:
     #: rendering; false -> 401 (403 when the request carried an Authorization header).
     #: None: the path is public.
     metrics_auth: Callable[[Request], bool | Awaitable[bool]] | None = None
+    #: Distinct ``exception`` label values (classes) before new ones fold into "other".
+    max_exception_types: int = DEFAULT_EXCEPTION_LIMIT
     #: Put (truncated, redacted) task arguments into spans and logs.
     record_args: bool = False
     #: Wrap the app in OpenTelemetry's ASGI middleware when nothing else traces requests.
@@ -35,6 +39,7 @@ class TelemetryOptions:
              "or None"),
             ("metrics_auth", self.metrics_auth is None or path is not None,
              "None when metrics_path=None (no path is served to protect)"),
+            ("max_exception_types", positive_int(self.max_exception_types), "a positive int"),
             ("record_args", isinstance(self.record_args, bool), "True or False"),
             ("request_spans", isinstance(self.request_spans, bool), "True or False"),
         ])  # fmt: skip

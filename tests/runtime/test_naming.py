@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,11 @@ CASES: list[tuple[str, Callable[..., Any], str, bool, str]] = [
     ("async decorated", sync_inventory, f"{M}.sync_inventory", True, "event_loop"),
     ("async decorated, same decorator", sync_prices, f"{M}.sync_prices", True, "event_loop"),
     ("builtin", print, "builtins.print", False, "thread_pool"),
+    ("builtin method", [].clear, "builtins.list.clear", False, "thread_pool"),
+    ("builtin method of a C class", sqlite3.connect(":memory:").close,
+     "sqlite3.Connection.close", False, "thread_pool"),
+    ("class", Mailer, f"{M}.Mailer", False, "thread_pool"),
+    ("partial of a class", functools.partial(Job), f"{M}.Job", False, "thread_pool"),
 ]  # fmt: skip
 
 
@@ -162,8 +168,8 @@ def test_fold_into_other_beyond_the_limit(caplog: pytest.LogCaptureFixture) -> N
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     assert warnings[0].getMessage() == (
-        f"tasklens: more than 3 distinct task names; {M}.AsyncJob and later new names are "
-        "recorded as task='other'"
+        f"tasklens: more than 3 distinct task names (max_task_names); {M}.AsyncJob and later "
+        "new ones are recorded as task='other'"
     )
 
 
