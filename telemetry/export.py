@@ -126,6 +126,24 @@ def metric_exporter(
     return Http(**_endpoint("metrics", endpoint, proto))
 
 
+def log_exporter(
+    endpoint: str | None = None, protocol: str | None = None, name: str = "otlp"
+) -> Any:
+    """The log record exporter ``name`` stands for: OTLP (HTTP/protobuf or gRPC) or console."""
+    if name == "console":
+        from opentelemetry.sdk._logs.export import ConsoleLogExporter
+
+        return ConsoleLogExporter()
+    proto = otlp_protocol("logs", protocol)
+    if proto == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Grpc
+
+        return Grpc(**_endpoint("logs", endpoint, proto))
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as Http
+
+    return Http(**_endpoint("logs", endpoint, proto))
+
+
 class CountingSpanExporter(SpanExporter):
     """Wraps an exporter; spans of a failed export are counted in ``bgtask_spans_dropped``."""
 

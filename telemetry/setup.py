@@ -31,6 +31,8 @@ from .export import (
     otlp_configured,
     span_exporter,
 )
+from .log_export import LogExport
+from .log_export import start as start_log_export
 from .logs import configure_logging
 from .metrics import TaskMetrics
 from .otlp_metrics import PrometheusOTLPBridge
@@ -48,6 +50,7 @@ class Telemetry:
     tracer_provider: trace.TracerProvider
     meter_provider: MeterProvider | None = None
     metrics_bridges: list[PrometheusOTLPBridge] = field(default_factory=list)
+    log_export: LogExport | None = None
     owns_tracer_provider: bool = True
     exporting: list[str] = field(default_factory=list)
 
@@ -58,6 +61,8 @@ class Telemetry:
             bridge.export()
         if self.meter_provider is not None:
             self.meter_provider.force_flush()
+        if self.log_export is not None:
+            self.log_export.force_flush()
 
     def shutdown(self) -> None:
         global _handle
@@ -65,6 +70,8 @@ class Telemetry:
             bridge.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
+        if self.log_export is not None:
+            self.log_export.shutdown()
         if self.owns_tracer_provider and isinstance(self.tracer_provider, TracerProvider):
             self.tracer_provider.shutdown()
         with _lock:
@@ -208,6 +215,8 @@ def setup(
       ``OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL`` (``http/protobuf`` default, ``grpc``).
     - ``span_logs``: also print spans as log lines; default on when no trace exporter is
       configured at all (``OTEL_TRACES_EXPORTER`` unset and no endpoint).
+    - ``OTEL_LOGS_EXPORTER`` (``otlp``, ``console``; unset or ``none``: no log export):
+      every stdlib/structlog line, with trace and span ids, through a LoggerProvider.
     - ``OTEL_SDK_DISABLED=true``: no provider, no exporter, no thread (logs still set up);
       tasks still run and ``/metrics`` still answers.
     - A tracer or meter provider set earlier (by the application or by
@@ -296,5 +305,12 @@ def setup(
                 otel_metrics.set_meter_provider(handle.meter_provider)
             for name in metrics:
                 handle.exporting.append(f"metrics: {describe(name, 'metrics', otlp_protocol_name)}")
+        # Logs only when asked for (unlike traces and metrics, an OTLP endpoint alone does
+        # not send them: every line of the application would leave the process).
+        logs = exporter_names("logs", False)
+        handle.log_export = start_log_export(logs, resource, otlp_endpoint, otlp_protocol_name)
+        if handle.log_export is not None:
+            for name in logs:
+                handle.exporting.append(f"logs: {describe(name, 'logs', otlp_protocol_name)}")
         _handle = handle
         return handle

@@ -17,6 +17,7 @@ from tests.support.polling import wait_for
 from tests.support.server import ServerProcess, clean_env
 
 APP = "tests.e2e.apps.env_app:app"
+FAILING_APP = "tests.e2e.apps.big_errors_app:app"
 REQUESTS = 5
 
 
@@ -66,3 +67,37 @@ def test_disabled_signals_export_nothing_and_tasks_still_count(
     assert samples.total("bgtask_finished_total", outcome="success") == REQUESTS
     assert bool([s for s in spans if s.name.startswith("bgtask ")]) is spans_expected
     assert bool([p for p in points if p.name.startswith("bgtask_")]) is metrics_expected
+
+
+@pytest.mark.parametrize("logs_exporter", ["otlp", None])
+def test_logs_exporter_sends_the_failure_line_with_its_trace(
+    tmp_path: Path, logs_exporter: str | None
+) -> None:
+    env = {"BIG_MESSAGE_BYTES": "10", "OTEL_BLRP_SCHEDULE_DELAY": "100"}
+    if logs_exporter:
+        env["OTEL_LOGS_EXPORTER"] = logs_exporter
+    with OTLPReceiver() as rx:
+        environment = clean_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.http_endpoint, OTEL_BSP_SCHEDULE_DELAY="100", **env
+        )
+        log_path = tmp_path / "server.log"
+        with ServerProcess.uvicorn(FAILING_APP, environment, log_path, free_port()) as server:
+            server.wait_ready("/stats")
+            with httpx.Client(base_url=server.base_url, timeout=10) as client:
+                assert client.post("/fail/1").status_code == 200
+            (span,) = rx.wait_for(
+                lambda r: [s for s in r.spans() if s.name.startswith("bgtask ")], timeout=20
+            )
+        records = [r for r in rx.logs() if "background task failed" in r.body]
+    if logs_exporter is None:
+        assert records == []  # an endpoint alone exports no logs
+        return
+    (record,) = records
+    assert (record.trace_id, record.span_id) == (span.trace_id, span.span_id)
+    assert record.severity_text == "ERROR"
+    assert record.body == "background task failed"
+    assert record.attributes["task"] == "tests.e2e.apps.big_errors_app.fail"
+    assert record.attributes["exception.type"] == "tests.e2e.apps.big_errors_app.BigError"
+    assert record.attributes["exception.message"] == "#1 xxxxxxxxxx"
+    assert "in fail" in str(record.attributes["exception.stacktrace"])
+    assert record.resource["service.name"] == "big-errors"

@@ -33,7 +33,7 @@ from opentelemetry import metrics, trace
 records = []
 class Keep(logging.Handler):
     def emit(self, record):
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.WARNING and record.name != "app":
             records.append(record.getMessage())
 logging.getLogger().addHandler(Keep())
 logging.getLogger().setLevel(logging.WARNING)
@@ -42,9 +42,11 @@ before = {t.ident for t in threading.enumerate()}
 with warnings.catch_warnings(record=True) as caught:
     {setup}
     trace.get_tracer("probe").start_span("probe-span").end()
+    logging.getLogger("app").warning("a warning")
     handle.force_flush()
 # Thread names of the SDK's batch span processor differ between releases.
-kinds = {"OtelBatchSpan": "spans", "OtelPeriodicExportingMetricReader": "sdk-metrics",
+kinds = {"OtelBatchSpan": "spans", "OtelBatchLog": "logs",
+         "OtelPeriodicExportingMetricReader": "sdk-metrics",
          "tasklens-otlp-metrics": "tasklens-metrics"}
 threads = sorted(
     next((kind for prefix, kind in kinds.items() if t.name.startswith(prefix)), t.name)
@@ -142,8 +144,17 @@ def test_sdk_disabled_installs_nothing() -> None:
             ["traces: OTLP grpc", "metrics: OTLP http/protobuf"],
             ["spans", "sdk-metrics", "tasklens-metrics"],
         ),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "none",
+                "OTEL_METRICS_EXPORTER": "none",
+                "OTEL_LOGS_EXPORTER": "console,otlp",
+            },
+            ["logs: console", "logs: OTLP http/protobuf"],
+            ["logs", "logs"],
+        ),
     ],
-    ids=["default", "traces-none", "all-none", "console-list", "per-signal-protocol"],
+    ids=["default", "traces-none", "all-none", "console-list", "per-signal-protocol", "logs"],
 )
 def test_exporter_variables_choose_the_exporters(
     env: dict[str, str], exporting: list[str], threads: list[str]
@@ -153,11 +164,13 @@ def test_exporter_variables_choose_the_exporters(
     assert _exporter_threads(report) == sorted(threads)
     if "console" in env.get("OTEL_TRACES_EXPORTER", ""):
         assert '"name": "probe-span"' in report["stdout"]  # the SDK's console exporter
+    if "console" in env.get("OTEL_LOGS_EXPORTER", ""):
+        assert '"body": "a warning"' in report["stdout"]
 
 
 def _exporter_threads(report: dict) -> list[str]:
     """The exporter threads (a grpc or http client may start pool threads of its own)."""
-    kinds = ("spans", "sdk-metrics", "tasklens-metrics")
+    kinds = ("spans", "sdk-metrics", "tasklens-metrics", "logs")
     return sorted(t for t in report["threads"] if t in kinds)
 
 
