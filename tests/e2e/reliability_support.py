@@ -8,12 +8,29 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
+from tests.support.net import free_port
+from tests.support.server import ServerProcess
+
 APP = "tests.e2e.apps.reliability_app:app"
+#: uvicorn's keep-alive timeout for the reliability servers, longer than any test: a server
+#: that closes an idle connection (after 5 s by default) just as the client reuses it resets
+#: that request (``httpx.ReadError: Connection reset by peer``); a client-side expiry only
+#: narrows that race. The sick-collector test's control clients idle while the other runs
+#: take their rounds, several seconds on a loaded machine.
+KEEP_ALIVE_SECONDS = 3600
+
+
+def reliability_server(env: Mapping[str, str], log_path: Path) -> ServerProcess:
+    """A uvicorn server of the reliability app that never closes an idle connection first."""
+    server = ServerProcess.uvicorn(APP, env, log_path, free_port())
+    server.args += ["--timeout-keep-alive", str(KEEP_ALIVE_SECONDS)]
+    return server
 
 
 # --- load ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,12 @@ import pytest
 
 from tasklens.telemetry.export import DROP_LOG_INTERVAL
 from tests.e2e.apps.failure_rule import fails
-from tests.e2e.reliability_support import APP, send_load
+from tests.e2e.reliability_support import (
+    APP,
+    KEEP_ALIVE_SECONDS,
+    reliability_server,
+    send_load,
+)
 from tests.support.metrics import scrape
 from tests.support.net import BlackholeServer, free_port
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedMetricPoint, ReceivedSpan
@@ -33,6 +39,7 @@ SYNC_TASK = f"{TASK_MODULE}.sync_step"
 ASYNC_TASK = f"{TASK_MODULE}.async_step"
 ERROR = f"{TASK_MODULE}.InventoryError"
 MB = 1024 * 1024
+UVICORN_DEFAULT_KEEP_ALIVE = 5.0
 
 
 def report(line: str) -> None:
@@ -191,7 +198,7 @@ def test_sick_collector_costs_no_throughput_and_drops_are_counted(tmp_path: Path
                 OTEL_SERVICE_NAME=f"reliability-{name}",
                 **SICK_COLLECTOR_ENV,
             )
-            server = ServerProcess.uvicorn(APP, env, tmp_path / f"{name}.log", free_port())
+            server = reliability_server(env, tmp_path / f"{name}.log")
             runs.append(CollectorRun(name, server))
         try:
             for run in runs:
@@ -199,12 +206,12 @@ def test_sick_collector_costs_no_throughput_and_drops_are_counted(tmp_path: Path
                 run.server.start()
             for run in runs:
                 run.server.wait_ready()
-                # Idle while the other runs take their turn: drop pooled connections before
-                # uvicorn's 5 s keep-alive timeout closes them under a request (a reset).
+                # Idle while the other runs take their turn: the server keeps its connection
+                # (KEEP_ALIVE_SECONDS), so reusing it after any pause cannot race a close.
                 run.client = httpx.Client(
                     base_url=run.server.base_url,
                     timeout=10,
-                    limits=httpx.Limits(keepalive_expiry=2.0),
+                    limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE_SECONDS),
                 )
                 run.one_round(WARMUP_REQUESTS)
                 run.rounds.clear()
@@ -262,6 +269,45 @@ def test_sick_collector_costs_no_throughput_and_drops_are_counted(tmp_path: Path
         assert sick.export_log_lines * 50 <= sick.dropped, sick.name
         # Shutdown waits for the bounded flush at most (5 s), not for the collector.
         assert sick.stop_seconds < 9, sick.name
+
+
+def test_reliability_servers_keep_idle_connections_open(tmp_path: Path) -> None:
+    """Why the sick-collector test cannot meet ``Connection reset by peer`` any more: the
+    server keeps an idle keep-alive connection open well past uvicorn's default 5 s (which
+    closed it, so a request sent at that moment was reset), so pausing between rounds is
+    harmless whatever the load."""
+    with reliability_server(clean_env(), tmp_path / "keepalive.log") as server:
+        server.wait_ready()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            assert _get_stats(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(UVICORN_DEFAULT_KEEP_ALIVE + 1.0)
+            sock.setblocking(False)
+            try:
+                closed = sock.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                closed = False  # nothing to read, connection open
+            sock.setblocking(True)
+            assert not closed, "the server closed an idle keep-alive connection"
+            assert _get_stats(sock).startswith(b"HTTP/1.1 200")  # and it is still usable
+
+
+def _get_stats(sock: socket.socket) -> bytes:
+    """One ``GET /stats`` on an open connection; the whole response (by Content-Length)."""
+    sock.sendall(b"GET /stats HTTP/1.1\r\nHost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    assert match is not None, head
+    length = int(match[1])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return head
 
 
 # --- b. failing tasks under load ----------------------------------------------------------
