@@ -141,8 +141,11 @@ ATTR_INDEX = "bgtask.index"
 ATTR_BATCH_SIZE = "bgtask.batch_size"
 ATTR_ARGS = "bgtask.args"
 ATTR_KWARGS = "bgtask.kwargs"
-ATTR_CODE_FUNCTION = "code.function"
-ATTR_CODE_NAMESPACE = "code.namespace"
+#: Semantic conventions 1.33 (stable): replace the deprecated ``code.function`` and
+#: ``code.namespace``; the function name is fully qualified.
+ATTR_CODE_FUNCTION_NAME = "code.function.name"
+ATTR_CODE_FILE_PATH = "code.file.path"
+ATTR_CODE_LINE_NUMBER = "code.line.number"
 ATTR_ERROR_TYPE = "error.type"
 ATTR_UNREPRESENTABLE = "bgtask.unrepresentable"
 
@@ -155,8 +158,9 @@ SPAN_ATTRIBUTES = {
     ATTR_OUTCOME: "success, failure, skipped, cancelled or abandoned",
     ATTR_INDEX: "position of the task among its response's tasks (0-based)",
     ATTR_BATCH_SIZE: "number of tasks of the response",
-    ATTR_CODE_FUNCTION: "the callable's qualname",
-    ATTR_CODE_NAMESPACE: "the callable's module",
+    ATTR_CODE_FUNCTION_NAME: "the callable, module.qualname (a callable object: its __call__)",
+    ATTR_CODE_FILE_PATH: "source file of the function the task runs (not for builtins)",
+    ATTR_CODE_LINE_NUMBER: "first line of that function",
     ATTR_ERROR_TYPE: "exception class, on failure",
     ATTR_UNREPRESENTABLE: "values recorded as <unrepresentable T> (repr or str raised), if any",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from tasklens.runtime import TaskObserver
 
@@ -20,17 +21,33 @@ def default_observers(options: TelemetryOptions) -> list[TaskObserver]:
     """Spans, metrics and logs, in that order: ``started`` runs them in order and
     ``finished`` in reverse, so the task span is current while metrics and logs record."""
     return [
-        SpanObserver(record_args=options.record_args),
+        SpanObserver(
+            tracer_provider=options.tracer_provider,
+            record_args=options.record_args,
+            task_trace=options.task_trace,
+        ),
         MetricsObserver(max_exception_types=options.max_exception_types),
         LogObserver(record_args=options.record_args),
     ]
 
 
 def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:
-    """Request spans (when nothing else makes them) and the ``/metrics`` endpoint, added
-    outside every middleware already on ``app`` (the metrics endpoint outermost)."""
-    if options.request_spans:
-        app.add_middleware(RequestSpanMiddleware)
+    """Request spans (when nothing else makes them), innermost, and the ``/metrics``
+    endpoint, outside every middleware already on ``app``.
+
+    The request-span middleware is appended to ``user_middleware`` (innermost: every tracer
+    in the stack, added before or after ``instrument``, is outside it) and is there even with
+    ``request_spans=False``: it makes whichever server span traces the request the parent of
+    its tasks, and carries the app's tracer provider to their spans."""
+    app.user_middleware.append(
+        Middleware(
+            RequestSpanMiddleware,
+            owner=app,
+            request_spans=options.request_spans,
+            record_url_query=options.record_url_query,
+            tracer_provider=options.tracer_provider,
+        )
+    )
     if options.metrics_path:
         app.add_middleware(
             MetricsEndpointMiddleware, path=options.metrics_path, auth=options.metrics_auth

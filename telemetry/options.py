@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
 from starlette.requests import Request
 
 from tasklens.runtime.options import positive_int, validate
@@ -26,8 +29,18 @@ class TelemetryOptions:
     max_exception_types: int = DEFAULT_EXCEPTION_LIMIT
     #: Put (truncated, redacted) task arguments into spans and logs.
     record_args: bool = False
-    #: Wrap the app in OpenTelemetry's ASGI middleware when nothing else traces requests.
+    #: Add a server span per request when nothing else traces it (telemetry/requests.py).
     request_spans: bool = True
+    #: Put the (scrubbed) query string into tasklens's request spans as ``url.query``.
+    record_url_query: bool = False
+    #: ``"child"``: task spans are children of the request span (one trace); ``"link"``:
+    #: each task is the root of its own trace, with a span link to the request span.
+    task_trace: Literal["child", "link"] = "child"
+    #: Provider of task and request spans; None: the app's (FastAPI's ``telemetry``
+    #: config), else the global one.
+    tracer_provider: TracerProvider | None = None
+    #: Accepted like every instrumentor's; stored for the metrics side (None: global).
+    meter_provider: MeterProvider | None = None
 
     def __post_init__(self) -> None:
         path = self.metrics_path
@@ -42,4 +55,12 @@ class TelemetryOptions:
             ("max_exception_types", positive_int(self.max_exception_types), "a positive int"),
             ("record_args", isinstance(self.record_args, bool), "True or False"),
             ("request_spans", isinstance(self.request_spans, bool), "True or False"),
+            ("record_url_query", isinstance(self.record_url_query, bool), "True or False"),
+            ("task_trace", self.task_trace in ("child", "link"), "'child' or 'link'"),
+            ("tracer_provider", self.tracer_provider is None
+             or isinstance(self.tracer_provider, TracerProvider),
+             "an OpenTelemetry TracerProvider, or None"),
+            ("meter_provider", self.meter_provider is None
+             or isinstance(self.meter_provider, MeterProvider),
+             "an OpenTelemetry MeterProvider, or None"),
         ])  # fmt: skip

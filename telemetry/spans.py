@@ -1,20 +1,27 @@
-"""The span observer: one INTERNAL span per task, child of the request that added it."""
+"""The span observer: one INTERNAL span per task, child of the request that added it
+(``task_trace="child"``) or the root of a trace of its own linked to it (``"link"``)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import logging
-from typing import Any
+import types
+from collections.abc import Callable
+from typing import Any, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from tasklens.runtime import TaskObserver, TaskRecord
 
 from . import contract as c
 from .redact import describe_args, task_failure
+from .requests import PROVIDER_KEY
 
 _INTERNAL = SpanKind.INTERNAL
 _logger = logging.getLogger("tasklens")
@@ -22,23 +29,42 @@ _logger = logging.getLogger("tasklens")
 
 class SpanObserver(TaskObserver):
     """Starts the task span when the function starts and makes it current for the task's
-    duration (so logs and user spans nest under it); ends it with outcome and timings."""
+    duration (so logs and user spans nest under it); ends it with outcome and timings.
+
+    The provider: the one the request's context carries (the app's, put there by the
+    request middleware), else ``tracer_provider``, else the global one."""
 
     def __init__(
         self,
         tracer_provider: TracerProvider | None = None,
         record_args: bool = False,
+        task_trace: Literal["child", "link"] = "child",
     ) -> None:
         self._provider = tracer_provider
-        self._tracer = trace.get_tracer("tasklens", tracer_provider=tracer_provider)
         self._record_args = record_args
+        self._link = task_trace == "link"
         self._policy_of: tuple[object, str | None] = (None, None)
+        self._tracers: dict[int, tuple[TracerProvider, Tracer]] = {}
+
+    def _provider_of(self, parent: Context | None) -> TracerProvider:
+        provider = otel_context.get_value(PROVIDER_KEY, parent) if parent is not None else None
+        if isinstance(provider, TracerProvider):
+            return provider
+        return self._provider or trace.get_tracer_provider()
+
+    def _tracer(self, provider: TracerProvider) -> Tracer:
+        cached = self._tracers.get(id(provider))
+        if cached is None or cached[0] is not provider:
+            cached = (provider, trace.get_tracer("tasklens", tracer_provider=provider))
+            self._tracers[id(provider)] = cached
+        return cached[1]
 
     def _dropped(self, parent: Context | None) -> bool:
         """True when the provider's sampler is known to drop this task's span: an unsampled
         trace is never exported, so its task needs no span object at all (the request's
-        span stays current for log correlation)."""
-        provider = self._provider or trace.get_tracer_provider()
+        span stays current for log correlation). A linked task starts a trace of its own:
+        only an AlwaysOff sampler is known to drop it."""
+        provider = self._provider_of(parent)
         owner, policy = self._policy_of
         if owner is not provider:
             policy = _drop_policy(getattr(provider, "sampler", None))
@@ -47,6 +73,8 @@ class SpanObserver(TaskObserver):
             return False
         if policy == "always":
             return True
+        if self._link:
+            return False
         ctx = trace.get_current_span(parent).get_span_context()
         return ctx.is_valid and not ctx.trace_flags.sampled
 
@@ -62,14 +90,16 @@ class SpanObserver(TaskObserver):
         cached = task.identity.cache.get(self)
         if cached is None:
             identity = task.identity
+            start: dict[str, Any] = {
+                c.ATTR_NAME: identity.name,
+                c.ATTR_EXECUTOR: identity.executor,
+                c.ATTR_CODE_FUNCTION_NAME: f"{identity.code_namespace}.{identity.code_function}",
+            }
+            if identity.name != c.OTHER_TASK:  # folded names share one identity
+                start.update(_code_location(task.func))
             cached = task.identity.cache[self] = (
                 c.SPAN_NAME_PREFIX + identity.name,
-                {
-                    c.ATTR_NAME: identity.name,
-                    c.ATTR_EXECUTOR: identity.executor,
-                    c.ATTR_CODE_FUNCTION: identity.code_function,
-                    c.ATTR_CODE_NAMESPACE: identity.code_namespace,
-                },
+                start,
                 {c.ATTR_NAME: identity.name},
             )
         return cached
@@ -84,9 +114,18 @@ class SpanObserver(TaskObserver):
             attributes[c.ATTR_ARGS] = json.dumps(described.args)
             attributes[c.ATTR_KWARGS] = json.dumps(described.kwargs)
             fallbacks = described.fallbacks
-        span = self._tracer.start_span(
-            name, task.parent_context, _INTERNAL, attributes, start_time=start_time
-        )
+        parent = task.parent_context
+        tracer = self._tracer(self._provider_of(parent))
+        if self._link:
+            request = trace.get_current_span(parent).get_span_context()
+            links = [Link(request)] if request.is_valid else None
+            # A root span; the parent's other context values (baggage) are kept.
+            root = trace.set_span_in_context(trace.INVALID_SPAN, parent)
+            span = tracer.start_span(
+                name, root, _INTERNAL, attributes, links, start_time=start_time
+            )
+        else:
+            span = tracer.start_span(name, parent, _INTERNAL, attributes, start_time=start_time)
         return span, fallbacks
 
     def started(self, task: TaskRecord) -> None:
@@ -154,6 +193,28 @@ class SpanObserver(TaskObserver):
         if task.error is not None:
             span.set_attribute(c.ATTR_ERROR_TYPE, c.error_type(task.error))
             span.set_status(Status(StatusCode.ERROR, c.error_type(task.error)))
+
+
+def _code_location(func: Callable[..., Any]) -> dict[str, Any]:
+    """``code.file.path`` and ``code.line.number`` of the function a task runs (through
+    partials, bound methods and ``functools.wraps``; a callable object's ``__call__``);
+    nothing for builtins and classes."""
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if isinstance(target, types.MethodType):
+        target = target.__func__
+    with contextlib.suppress(ValueError):  # a __wrapped__ cycle
+        target = inspect.unwrap(target)
+    code = getattr(target, "__code__", None)
+    if code is None and not isinstance(target, type):
+        call = next(
+            (k.__dict__["__call__"] for k in type(target).__mro__ if "__call__" in k.__dict__), None
+        )
+        code = getattr(call, "__code__", None)
+    if code is None:
+        return {}
+    return {c.ATTR_CODE_FILE_PATH: code.co_filename, c.ATTR_CODE_LINE_NUMBER: code.co_firstlineno}
 
 
 def _drop_policy(sampler: object) -> str | None:

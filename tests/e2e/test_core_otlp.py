@@ -95,8 +95,11 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
         assert charge.attributes["bgtask.executor"] == "thread_pool"
         assert notify.attributes["bgtask.executor"] == "event_loop"
         assert charge.attributes["bgtask.batch_size"] == 2
-        assert charge.attributes["code.function"] == "charge"
-        assert charge.attributes["code.namespace"] == "tests.e2e.apps.core_app"
+        assert charge.attributes["code.function.name"] == "tests.e2e.apps.core_app.charge"
+        assert str(charge.attributes["code.file.path"]).endswith("tests/e2e/apps/core_app.py")
+        assert charge.attributes["code.line.number"] == 21  # def charge
+        assert "code.function" not in charge.attributes
+        assert "code.namespace" not in charge.attributes
         assert "bgtask.threadpool_wait_seconds" in charge.attributes
         assert "bgtask.threadpool_wait_seconds" not in notify.attributes
         order = int(server_span.url_path.rsplit("/", 1)[1])
