@@ -42,6 +42,8 @@ class Run:
     spans: list[ReceivedSpan]
     log: str
     recording: list[bool]
+    #: span id (hex) -> the (trace id, span id) of each of its links, from the raw requests.
+    links: dict[str, list[tuple[str, str]]]
 
     def servers(self, path: str) -> list[ReceivedSpan]:
         return [s for s in self.spans if s.kind == SERVER and s.url_path.startswith(path)]
@@ -49,12 +51,16 @@ class Run:
 
 @contextmanager
 def served(
-    tmp_path: Path, variant: str, **env: str
+    tmp_path: Path, variant: str, protocol: str = "http/protobuf", **env: str
 ) -> Iterator[tuple[ServerProcess, OTLPReceiver]]:
+    """The app in ``variant`` under uvicorn; setup()'s exporters use ``protocol`` (the
+    app's own providers always OTLP/HTTP)."""
     with OTLPReceiver() as rx:
+        grpc = protocol == "grpc"
         environment = clean_env(
-            OTEL_EXPORTER_OTLP_ENDPOINT=rx.http_endpoint,
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.grpc_endpoint if grpc else rx.http_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+            SPAN_APP_OWN_ENDPOINT=rx.http_endpoint,
             OTEL_BSP_SCHEDULE_DELAY="50",
             OTEL_METRICS_EXPORTER="none",
             SPAN_APP_VARIANT=variant,
@@ -66,8 +72,10 @@ def served(
             yield server, rx
 
 
-def run(tmp_path: Path, variant: str, tasks: int = 2, **env: str) -> Run:
-    with served(tmp_path, variant, **env) as (server, rx):
+def run(
+    tmp_path: Path, variant: str, tasks: int = 2, protocol: str = "http/protobuf", **env: str
+) -> Run:
+    with served(tmp_path, variant, protocol, **env) as (server, rx):
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
             response = client.post("/users/alice@example.com", params={"token": "s3cr3t-q"})
             assert response.status_code == 200
@@ -78,7 +86,14 @@ def run(tmp_path: Path, variant: str, tasks: int = 2, **env: str) -> Run:
             )
             recording = client.get("/recording").json()["recording"]
         log = server.log_text()
-    return Run(spans, log, recording)
+        links = {
+            span.span_id.hex(): [(k.trace_id.hex(), k.span_id.hex()) for k in span.links]
+            for _, request in rx.export_requests("traces")
+            for resource_spans in request.resource_spans  # type: ignore[attr-defined]
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        }
+    return Run(spans, log, recording, links)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -16,7 +16,7 @@ On FastAPI >= 0.164 every variant but ``native`` passes ``telemetry={"tracing": 
 extra ``instrument`` options (``task_trace``, ...). ``SPAN_APP_PROVIDER``: ``app`` gives the
 app a tracer provider of its own (``FastAPI(telemetry={"tracer_provider": ...})``),
 ``option`` passes it as ``instrument(tracer_provider=...)``; its resource's service is
-``own-provider``, exporting OTLP/HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``, as does the logger
+``own-provider``, exporting OTLP/HTTP to ``SPAN_APP_OWN_ENDPOINT``, as does the logger
 provider given to FastAPI's telemetry.
 """
 
@@ -50,7 +50,7 @@ def _own_providers() -> tuple[Any, Any]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    endpoint = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/")
+    endpoint = os.environ["SPAN_APP_OWN_ENDPOINT"].rstrip("/")
     resource = Resource.create({"service.name": "own-provider"})
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(
