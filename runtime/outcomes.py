@@ -18,7 +18,8 @@ EXECUTORS: Final[tuple[Executor, ...]] = (EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_P
 
 #: How a task ended. ``skipped``: not run because an earlier task of the same response
 #: failed under ``on_error="stop"``. ``cancelled``: cancelled while running.
-#: ``abandoned``: never started (shutdown, or its response was never sent).
+#: ``abandoned``: never started (shutdown, or its response was never sent), or, in
+#: detached mode, still running 0.5 s after its cancellation at shutdown.
 OUTCOME_SUCCESS: Final = "success"
 OUTCOME_FAILURE: Final = "failure"
 OUTCOME_SKIPPED: Final = "skipped"

@@ -146,8 +146,8 @@ class TaskRunner:
         if self.options.detached and not self._warned_no_lifespan:
             self._warned_no_lifespan = True
             _logger.warning(
-                "tasklens: mode='detached' but the app's lifespan is not running "
-                "(server started with lifespan='off'?); running tasks inline"
+                "tasklens: mode='detached' and the app's lifespan is shutting down; "
+                "running this response's tasks inline"
             )
         await self.run_batch(records)
 
@@ -298,6 +298,8 @@ class TaskRunner:
 
     # --- finish -----------------------------------------------------------------------
     def _finish(self, record: TaskRecord) -> None:
+        if record.finished_at is not None:
+            return  # abandoned at shutdown while still running, and has ended since
         record.finished_at = _perf()
         blocking, threshold = record.loop_blocking, self._block_threshold
         if blocking is not None and threshold is not None and blocking > threshold:

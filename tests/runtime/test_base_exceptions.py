@@ -186,7 +186,7 @@ def test_server_keeps_answering(mode: str, probe: Probe, task_logs: list[dict[st
         assert sorted(m.split(" raised ")[1].split(";")[0] for m in contained) == [
             "CancelledError", "KeyboardInterrupt", "SystemExit"
         ]  # fmt: skip
-        assert not any("lifespan is not running" in m for m in runtime_log.messages())
+        assert not any("this response's tasks inline" in m for m in runtime_log.messages())
         assert (
             "tasklens: detached tasks at shutdown: abandoned=4, cancelled=1, failure=2, "
             "success=1" in runtime_log.messages()
