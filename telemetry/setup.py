@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from .export import (
     CountingBatchSpanProcessor,
     LogSpanExporter,
+    Signal,
     describe,
     exporter_names,
     metric_exporter,
@@ -196,6 +197,65 @@ def _global_tracer_provider() -> trace.TracerProvider | None:
     return None if isinstance(provider, trace.ProxyTracerProvider) else provider
 
 
+@dataclass
+class _Exporters:
+    """Builds the providers' exporters from the arguments of :func:`setup` and notes each
+    one in ``handle.exporting``."""
+
+    endpoint: str | None
+    protocol: str | None
+    handle: Telemetry
+
+    def note(self, signal: Signal, names: tuple[str, ...]) -> None:
+        for name in names:
+            self.handle.exporting.append(f"{signal}: {describe(name, signal, self.protocol)}")
+
+    def tracer_provider(
+        self, names: tuple[str, ...], log_lines: bool, resource: Resource, metrics: TaskMetrics
+    ) -> TracerProvider:
+        limits = span_limits()
+        bound = limits.max_span_attribute_length  # also for the status description
+        provider = TracerProvider(resource=resource, span_limits=limits)
+        for name in names:
+            exporter = span_exporter(self.endpoint, self.protocol, name)
+            provider.add_span_processor(
+                CountingBatchSpanProcessor(exporter, metrics, status_limit=bound)
+            )
+        self.note("traces", names)
+        if log_lines:
+            provider.add_span_processor(
+                CountingBatchSpanProcessor(LogSpanExporter(), metrics, status_limit=bound)
+            )
+            self.handle.exporting.append("traces: log lines")
+        return provider
+
+    def metrics(self, names: tuple[str, ...], resource: Resource, interval: float) -> None:
+        # This process's values, also with several workers (multiprocess mode): each
+        # worker exports its own series under its own service.instance.id, and the
+        # backend sums them. Exporting the all-worker sum from every worker (what
+        # /metrics shows) would count everything once per worker.
+        self.handle.metrics_bridges = [
+            PrometheusOTLPBridge(
+                REGISTRY, metric_exporter(self.endpoint, self.protocol, name), resource, interval
+            )
+            for name in names
+        ]
+        if _global_meter_provider() is None:
+            # For the OTel instruments of the app and its libraries (the ASGI request
+            # metrics); one set by the application is used as it is.
+            readers = [
+                PeriodicExportingMetricReader(
+                    metric_exporter(self.endpoint, self.protocol, name),
+                    export_interval_millis=interval * 1000,
+                )
+                for name in names
+            ]
+            provider = MeterProvider(metric_readers=readers, resource=resource)
+            self.handle.meter_provider = provider
+            otel_metrics.set_meter_provider(provider)
+        self.note("metrics", names)
+
+
 def setup(
     service_name: str | None = None,
     *,
@@ -239,8 +299,13 @@ def setup(
             _logger.info("tasklens: OTEL_SDK_DISABLED=true, no telemetry provider installed")
             _handle = handle
             return handle
+        # Every variable checked before anything is installed: a bad one leaves no half set-up.
         traces = exporter_names("traces", otlp_configured("traces", otlp_endpoint))
         metrics = exporter_names("metrics", otlp_configured("metrics", otlp_endpoint))
+        # Logs only when asked for (unlike traces and metrics, an OTLP endpoint alone does
+        # not send them: every line of the application would leave the process).
+        logs = exporter_names("logs", False)
+        interval = _metric_interval() if metrics else 0.0
         task_metrics = TaskMetrics.for_registry()
         existing = _global_tracer_provider()
         resource = getattr(existing, "resource", None)
@@ -253,64 +318,26 @@ def setup(
                 service_name,
                 resource.attributes.get(SERVICE_NAME),
             )
-        name = str(resource.attributes.get(SERVICE_NAME, ""))
-        handle = Telemetry(name, existing or trace.NoOpTracerProvider())
+        handle = Telemetry(
+            str(resource.attributes.get(SERVICE_NAME, "")), trace.NoOpTracerProvider()
+        )
+        exporters = _Exporters(otlp_endpoint, otlp_protocol_name, handle)
         if existing is not None:
+            handle.tracer_provider = existing
             handle.owns_tracer_provider = False
             _logger.info("tasklens: keeping the tracer provider configured by the application")
         else:
-            limits = span_limits()
-            bound = limits.max_span_attribute_length  # also for the status description
-            provider = TracerProvider(resource=resource, span_limits=limits)
-            for name in traces:
-                exporter = span_exporter(otlp_endpoint, otlp_protocol_name, name)
-                provider.add_span_processor(
-                    CountingBatchSpanProcessor(exporter, task_metrics, status_limit=bound)
-                )
-                handle.exporting.append(f"traces: {describe(name, 'traces', otlp_protocol_name)}")
-            no_exporter_chosen = "OTEL_TRACES_EXPORTER" not in os.environ and not traces
-            if span_logs or (span_logs is None and no_exporter_chosen):
-                provider.add_span_processor(
-                    CountingBatchSpanProcessor(LogSpanExporter(), task_metrics, status_limit=bound)
-                )
-                handle.exporting.append("traces: log lines")
-            trace.set_tracer_provider(provider)
-            handle.tracer_provider = provider
+            logs_only = span_logs or (
+                span_logs is None and "OTEL_TRACES_EXPORTER" not in os.environ and not traces
+            )
+            handle.tracer_provider = exporters.tracer_provider(
+                traces, bool(logs_only), resource, task_metrics
+            )
+            trace.set_tracer_provider(handle.tracer_provider)
         if metrics:
-            interval = _metric_interval()
-            # This process's values, also with several workers (multiprocess mode): each
-            # worker exports its own series under its own service.instance.id, and the
-            # backend sums them. Exporting the all-worker sum from every worker (what
-            # /metrics shows) would count everything once per worker.
-            handle.metrics_bridges = [
-                PrometheusOTLPBridge(
-                    REGISTRY,
-                    metric_exporter(otlp_endpoint, otlp_protocol_name, name),
-                    resource,
-                    interval,
-                )
-                for name in metrics
-            ]
-            if _global_meter_provider() is None:
-                # For the OTel instruments of the app and its libraries (the ASGI request
-                # metrics); one set by the application is used as it is.
-                readers = [
-                    PeriodicExportingMetricReader(
-                        metric_exporter(otlp_endpoint, otlp_protocol_name, name),
-                        export_interval_millis=interval * 1000,
-                    )
-                    for name in metrics
-                ]
-                handle.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-                otel_metrics.set_meter_provider(handle.meter_provider)
-            for name in metrics:
-                handle.exporting.append(f"metrics: {describe(name, 'metrics', otlp_protocol_name)}")
-        # Logs only when asked for (unlike traces and metrics, an OTLP endpoint alone does
-        # not send them: every line of the application would leave the process).
-        logs = exporter_names("logs", False)
+            exporters.metrics(metrics, resource, interval)
         handle.log_export = start_log_export(logs, resource, otlp_endpoint, otlp_protocol_name)
         if handle.log_export is not None:
-            for name in logs:
-                handle.exporting.append(f"logs: {describe(name, 'logs', otlp_protocol_name)}")
+            exporters.note("logs", logs)
         _handle = handle
         return handle

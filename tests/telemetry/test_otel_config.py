@@ -179,21 +179,37 @@ def test_console_without_endpoint_and_none_turns_span_logs_off() -> None:
     assert _run()["exporting"] == ["traces: log lines"]  # nothing chosen: today's default
 
 
-def test_unknown_exporter_is_a_clear_error() -> None:
-    code = "import tasklens\ntasklens.setup()"
+@pytest.mark.parametrize(
+    ("variable", "value", "supported"),
+    [
+        ("OTEL_TRACES_EXPORTER", "otlp,zipkin", "console, none, otlp"),
+        ("OTEL_LOGS_EXPORTER", "zipkin", "console, none, otlp"),
+    ],
+)
+def test_unknown_exporter_is_a_clear_error_and_installs_nothing(
+    variable: str, value: str, supported: str
+) -> None:
+    code = (
+        "import tasklens\n"
+        "from opentelemetry import trace\n"
+        "try:\n"
+        "    tasklens.setup()\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+        "print(type(trace.get_tracer_provider()).__name__)\n"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        env=clean_env(OTEL_TRACES_EXPORTER="otlp,zipkin"),
+        env=clean_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", **{variable: value}),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 1
-    assert (
-        "ValueError: OTEL_TRACES_EXPORTER='otlp,zipkin': unknown exporter 'zipkin'; "
-        "tasklens supports console, none, otlp" in proc.stderr
-    )
+    assert proc.stdout.splitlines() == [
+        f"{variable}={value!r}: unknown exporter 'zipkin'; tasklens supports {supported}",
+        "ProxyTracerProvider",  # nothing installed before the error
+    ]
 
 
 _USER_PROVIDERS = """from opentelemetry import metrics, trace
