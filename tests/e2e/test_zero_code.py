@@ -158,6 +158,24 @@ before = FastAPI()
 before.build_middleware_stack()
 starlette_app = Starlette()
 starlette_app.build_middleware_stack()
+# A sub-app is built during a request of the instrumented app: its tasks are the outer
+# app's, counted once.
+from prometheus_client import REGISTRY
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+ran = []
+def endpoint(request):
+    return JSONResponse({}, background=BackgroundTask(ran.append, 1))
+inner = Starlette(routes=[Route("/x", endpoint)])
+outer = FastAPI()
+outer.mount("/sub", inner)
+with TestClient(outer) as client:
+    client.get("/sub/x")
+finished = sum(
+    s.value for m in REGISTRY.collect() for s in m.samples if s.name == "bgtask_finished_total"
+)
 instrumentor.uninstrument()
 after = FastAPI()
 after.build_middleware_stack()
@@ -168,6 +186,7 @@ print(json.dumps({
     "instrumented_before": hasattr(before.state, "tasklens"),
     "starlette_instrumented": hasattr(starlette_app.state, "tasklens"),
     "instrumented_after": hasattr(after.state, "tasklens"),
+    "mounted": [hasattr(outer.state, "tasklens"), hasattr(inner.state, "tasklens"), ran, finished],
 }))
 """
 
@@ -188,6 +207,7 @@ def test_uninstrument_restores_what_instrument_hooked() -> None:
         "instrumented_before": True,
         "starlette_instrumented": True,
         "instrumented_after": False,
+        "mounted": [True, False, [1], 1.0],
     }
 
 
