@@ -94,7 +94,11 @@ def install_record_factory() -> None:
 
 
 def configure_logging(level: int = logging.INFO, json_lines: bool | None = None) -> None:
-    """Configure structlog and the root logger unless the user already did."""
+    """Configure structlog and the root logger unless the user already did.
+
+    Root handlers of the app's own (``logging.basicConfig()``, a ``dictConfig``) stay; their
+    formatter's ``%(message)s`` of a structlog line is text (:class:`StructlogMessage`),
+    not a dict repr."""
     install_record_factory()
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     if structlog.is_configured():
@@ -113,7 +117,7 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None)
                 structlog.stdlib.add_logger_name,
                 add_task_context,
                 timestamper,
-                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+                wrap_for_formatter,
             ],
             logger_factory=structlog.stdlib.LoggerFactory(),
             wrapper_class=structlog.stdlib.BoundLogger,
@@ -146,6 +150,48 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None)
     )
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class StructlogMessage(dict[str, Any]):
+    """The event dict structlog hands to stdlib ``logging`` (``record.msg``): still a dict
+    for structlog's ``ProcessorFormatter`` and the OTel logging handler, and text for any
+    other formatter (``str()``, what ``%(message)s`` reads): :func:`render_plain` after
+    ``format_exc_info`` and :func:`scrub_secrets`, on a copy."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        fields = structlog.processors.format_exc_info(None, "", dict(self))
+        return render_plain(None, "", scrub_secrets(None, "", fields))
+
+
+def wrap_for_formatter(logger: Any, name: str, event_dict: EventDict) -> Any:
+    """structlog's ``ProcessorFormatter.wrap_for_formatter``, the dict as a
+    :class:`StructlogMessage`."""
+    args, kwargs = structlog.stdlib.ProcessorFormatter.wrap_for_formatter(logger, name, event_dict)
+    return (StructlogMessage(args[0]),), kwargs
+
+
+def render_plain(_: Any, __: str, event_dict: EventDict) -> str:
+    """structlog renderer for stdlib handlers with their own formatter: ``event key=value
+    ...``, then the formatted traceback (``exception``) on the following lines, as
+    ``logging`` prints ``logger.exception(...)``; level, logger and time are the formatter's."""
+    event = str(event_dict.pop("event", ""))
+    exception = event_dict.pop("exception", None)
+    for key in ("level", "logger", "timestamp"):
+        event_dict.pop(key, None)
+    fields = " ".join(f"{key}={_plain_value(value)}" for key, value in event_dict.items())
+    line = f"{event} {fields}" if fields else event
+    return f"{line}\n{exception}" if exception else line
+
+
+def _plain_value(value: object) -> str:
+    text = str(value)
+    return (
+        text
+        if isinstance(value, str) and text and not any(c.isspace() for c in text)
+        else repr(value)
+    )
 
 
 def _identity(_: Any, __: str, event_dict: EventDict) -> EventDict:
