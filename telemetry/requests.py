@@ -18,12 +18,13 @@ after the route alone, as opentelemetry-instrumentation-asgi names them.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
-from opentelemetry.util.http import ExcludeList, get_excluded_urls
+from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 from starlette.datastructures import URL, Headers
 from starlette.routing import Host, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,11 +76,16 @@ def app_tracer_provider(app: object) -> TracerProvider | None:
     return provider if isinstance(provider, TracerProvider) else None
 
 
-def excluded_urls(app: object) -> ExcludeList:
+def excluded_urls(app: object) -> ExcludeList | None:
     """``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` for FastAPI apps, ``..._STARLETTE_...`` for the
-    others, else ``OTEL_PYTHON_EXCLUDED_URLS``, as the instrumentors read them."""
+    others, else ``OTEL_PYTHON_EXCLUDED_URLS``, as the instrumentors read them; None when
+    none is set (no URL to build per request)."""
     fastapi = any(cls.__module__.startswith("fastapi") for cls in type(app).__mro__)
-    return get_excluded_urls("FASTAPI" if fastapi else "STARLETTE")
+    name = "FASTAPI" if fastapi else "STARLETTE"
+    raw = os.environ.get(f"OTEL_PYTHON_{name}_EXCLUDED_URLS")
+    if raw is None:
+        raw = os.environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
+    return parse_excluded_urls(raw) if raw.strip() else None
 
 
 def route_template(routes: Any, scope: Scope) -> str | None:
@@ -162,7 +168,7 @@ class RequestSpanMiddleware:
             self._stack_traced = _traced_by_stack(scope.get("app", self._owner), self)
         if self._stack_traced:
             return False
-        return not (self._excluded.url_disabled(str(URL(scope=scope))))
+        return self._excluded is None or not self._excluded.url_disabled(str(URL(scope=scope)))
 
     def _adopt(self, context: otel_context.Context) -> None:
         """Make ``context`` (its span: the request's server span) the parent of the tasks

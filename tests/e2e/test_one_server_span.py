@@ -153,3 +153,17 @@ def test_fastapi_per_request_telemetry_survives(tmp_path: Path, variant: str) ->
     assert logs[0].attributes["fastapi.validation.error_count"] == 1
     assert len(servers) == 1
     assert logs[0].trace_id == servers[0].trace_id  # the log sits in the request's trace
+
+
+EXCLUDING = ["asgi_inner_excluding"] + (["starlette_inner_excluding"] if STARLETTE_OTEL else [])
+
+
+@pytest.mark.parametrize("variant", EXCLUDING)
+def test_an_inner_tracers_exclusion_stands(tmp_path: Path, variant: str) -> None:
+    """The app's tracer excluded ``/health``: tasklens adds no span of its own there
+    (before: tasklens's outer span traced it)."""
+    result = run(tmp_path, variant)
+    assert result.servers("/health") == []
+    assert len(result.servers("/users/")) == 1
+    (health_task,) = [s for s in result.spans if s.name == TASK and s.parent_span_id == ""]
+    assert health_task.attributes["bgtask.outcome"] == "success"

@@ -8,6 +8,8 @@ that adds a task to a denial-free echo. Variants:
 - ``asgi_outer``: the instrumented app wrapped in OpenTelemetry's ASGI middleware;
 - ``starlette_inner``: Starlette 1.x's own ``OpenTelemetryMiddleware`` (inside);
 - ``starlette_outer``: the same, added after ``instrument`` (outside);
+- ``asgi_inner_excluding``, ``starlette_inner_excluding``: as the ``_inner`` ones, with
+  ``excluded_urls="health"``;
 - ``instrumentor``: ``FastAPIInstrumentor.instrument_app``;
 - ``native``: FastAPI's own telemetry (FastAPI >= 0.164; older: as ``plain``).
 
@@ -136,6 +138,10 @@ if VARIANT == "asgi_inner":
     app.add_middleware(_asgi_middleware())
 elif VARIANT == "starlette_inner":
     app.add_middleware(_starlette_middleware())
+elif VARIANT == "asgi_inner_excluding":
+    app.add_middleware(_asgi_middleware(), excluded_urls="health")
+elif VARIANT == "starlette_inner_excluding":
+    app.add_middleware(_starlette_middleware(), excluded_urls="health")
 elif VARIANT == "instrumentor":
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
