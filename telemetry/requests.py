@@ -165,7 +165,7 @@ class RequestSpanMiddleware:
         if scope.get("fastapi.telemetry", False) is None:
             return False  # FastAPI's telemetry excluded this request (its ``exclude``)
         if self._stack_traced is None:
-            self._stack_traced = _traced_by_stack(scope.get("app", self._owner), self)
+            self._stack_traced = _traced_by_stack(self._owner, self)
         if self._stack_traced:
             return False
         return self._excluded is None or not self._excluded.url_disabled(str(URL(scope=scope)))
