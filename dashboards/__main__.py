@@ -30,10 +30,33 @@ from tasklens.telemetry import contract
 
 PROMETHEUS_UID = "prometheus"
 TEMPO_UID = "tempo"
+LOKI_UID = "loki"
 ALERTMANAGER_UID = "alertmanager"
 
 #: Grafana expands ``$VAR`` in provisioning files; ``$$`` is a literal dollar.
 _TAGS = "$$__tags"
+
+#: Loki's OTLP ingestion keeps a log record's trace id as the structured metadata ``trace_id``.
+LOKI_TRACE_ID = "trace_id"
+#: A trace id inside a log line: tasklens's JSON lines (``"trace_id": "<32 hex>"``) and console
+#: or stdlib ``%(trace_id)s`` lines (``trace_id=<32 hex>``), for logs shipped to Loki from
+#: stdout rather than over OTLP. Written for JavaScript (Grafana runs it in the browser), RE2
+#: and Python alike.
+TRACE_ID_IN_LINE = r'trace_id"?\s*[=:]\s*"?([0-9a-f]{32})\b'
+#: The span's service (resource ``service.name``) is Loki's stream label ``service_name``.
+_SERVICE_TAG = {"key": "service.name", "value": "service_name"}
+
+
+def _trace_link(name: str, matcher_type: str, matcher: str) -> dict[str, str]:
+    """A Loki derived field that opens the trace in Tempo (logs to trace)."""
+    return {
+        "name": name,
+        "matcherType": matcher_type,
+        "matcherRegex": matcher,
+        "datasourceUid": TEMPO_UID,
+        "url": "$${__value.raw}",
+        "urlDisplayLabel": "Open trace",
+    }
 
 
 def _trace_to_metric_queries() -> list[dict[str, str]]:
@@ -83,9 +106,34 @@ def datasources() -> dict[str, object]:
                         "tags": [{"key": contract.ATTR_NAME, "value": "task"}],
                         "queries": _trace_to_metric_queries(),
                     },
+                    # Trace to logs: the trace's lines in Loki, by service and trace id (a
+                    # structured-metadata filter: the id is not in an OTLP record's body).
+                    "tracesToLogsV2": {
+                        "datasourceUid": LOKI_UID,
+                        "spanStartTimeShift": "-5m",
+                        "spanEndTimeShift": "5m",
+                        "tags": [_SERVICE_TAG],
+                        "filterByTraceID": False,
+                        "filterBySpanID": False,
+                        "customQuery": True,
+                        "query": f'{{$${{__tags}}}} | {LOKI_TRACE_ID}="$${{__trace.traceId}}"',
+                    },
                     "serviceMap": {"datasourceUid": PROMETHEUS_UID},
                     "nodeGraph": {"enabled": True},
                     "search": {"hide": False},
+                },
+            },
+            {
+                "name": "Loki",
+                "type": "loki",
+                "uid": LOKI_UID,
+                "access": "proxy",
+                "url": "http://loki:3100",
+                "jsonData": {
+                    "derivedFields": [
+                        _trace_link("TraceID", "label", LOKI_TRACE_ID),
+                        _trace_link("TraceID in line", "regex", TRACE_ID_IN_LINE),
+                    ],
                 },
             },
             {

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 from dashboards import config, rules
 from deploy.local import configs
 from tests.dashboards.tools import REPO_ROOT, assert_ok, run
+from tests.support.server import clean_env
 
 DEPLOY = REPO_ROOT / "deploy"
 COMPOSE_DIR = DEPLOY / "compose"
@@ -110,7 +115,7 @@ def test_alertmanager_inhibitions_name_real_alerts() -> None:
 
 def test_compose_services() -> None:
     services = compose()["services"]
-    for name in ("app", "otel-collector", "prometheus", "alertmanager", "tempo", "grafana"):
+    for name in ("app", "otel-collector", "prometheus", "alertmanager", "tempo", "loki", "grafana"):
         assert name in services
 
 
@@ -208,7 +213,7 @@ def test_collector_pipelines() -> None:
     config = collector_config()
     assert set(config["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}
     pipelines = config["service"]["pipelines"]
-    assert set(pipelines) == {"traces", "metrics"}
+    assert set(pipelines) == {"traces", "metrics", "logs"}
     for pipeline in pipelines.values():
         for kind in ("receivers", "processors", "exporters"):
             assert set(pipeline[kind]) <= set(config[kind]), kind
@@ -256,3 +261,150 @@ def test_k8s_app_is_scraped_as_the_alerted_job() -> None:
     service = load(K8S / "service.yaml")["spec"]
     assert service["selector"].items() <= labels.items()
     assert {port["targetPort"] for port in service["ports"]} <= ports
+
+
+# --- Logs: collector -> Loki, Grafana's trace <-> logs links ----------------------------------
+# Loki and the collector are not installable here (no Debian, PyPI or npm package): their files
+# are checked structurally; the log line the derived field reads is a real one from tasklens.
+
+
+def loki_config() -> dict[str, Any]:
+    return load(DEPLOY / "loki" / "loki.yaml")
+
+
+def datasources() -> dict[str, dict[str, Any]]:
+    return {s["uid"]: s for s in load(REPO_ROOT / config.DATASOURCES_YAML)["datasources"]}
+
+
+def test_compose_loki_is_pinned_to_a_release_with_otlp_ingestion() -> None:
+    loki = compose()["services"]["loki"]
+    repository, tag = loki["image"].rsplit(":", 1)
+    assert repository == "grafana/loki" and PINNED.match(loki["image"]), loki["image"]
+    assert int(tag.split(".")[0]) >= 3, "native OTLP ingestion (/otlp) needs Loki 3"
+    flag = next(arg for arg in loki["command"] if arg.startswith("-config.file="))
+    mounts = dict(volume.split(":")[:2] for volume in loki["volumes"])
+    source = next(src for src, target in mounts.items() if target == flag.split("=", 1)[1])
+    assert (COMPOSE_DIR / source).resolve() == DEPLOY / "loki" / "loki.yaml"
+    assert mounts["loki-data"] == loki_config()["common"]["path_prefix"]
+    assert "loki-data" in compose()["volumes"]
+    assert "3100:3100" in loki["ports"]
+
+
+def test_loki_keeps_trace_ids_as_structured_metadata() -> None:
+    """OTLP records' trace_id/span_id become structured metadata only with schema v13 (tsdb)
+    and allow_structured_metadata; without them Loki rejects the collector's pushes."""
+    loki = loki_config()
+    assert loki["server"]["http_listen_port"] == 3100
+    assert loki["limits_config"]["allow_structured_metadata"] is True
+    (schema,) = loki["schema_config"]["configs"]
+    assert (schema["store"], schema["schema"]) == ("tsdb", "v13")
+    assert loki["auth_enabled"] is False  # no X-Scope-OrgID header in the collector config
+
+
+def test_collector_exports_logs_to_lokis_otlp_endpoint() -> None:
+    config = collector_config()
+    logs = config["service"]["pipelines"]["logs"]
+    assert logs["receivers"] == ["otlp"]
+    (exporter,) = logs["exporters"]
+    assert exporter.split("/")[0] == "otlphttp", "the contrib loki exporter is deprecated"
+    endpoint = config["exporters"][exporter]["endpoint"]
+    port = loki_config()["server"]["http_listen_port"]
+    assert endpoint == f"http://loki:{port}/otlp"  # otlphttp appends /v1/logs
+    assert "loki" in compose()["services"]["otel-collector"]["depends_on"]
+
+
+def test_the_app_sends_its_logs_to_the_collector() -> None:
+    app = compose()["services"]["app"]["environment"]
+    assert app.get("OTEL_LOGS_EXPORTER") == "otlp"
+    assert app["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+    (container,) = load(K8S / "deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env.get("OTEL_LOGS_EXPORTER") == "otlp"
+
+
+def test_grafana_provisions_loki_with_links_to_tempo() -> None:
+    sources = datasources()
+    loki = sources["loki"]
+    assert (loki["type"], loki["url"]) == ("loki", "http://loki:3100")
+    assert "loki" in compose()["services"]["grafana"]["depends_on"]
+    fields = {field["matcherType"]: field for field in loki["jsonData"]["derivedFields"]}
+    assert set(fields) == {"label", "regex"}
+    for field in fields.values():
+        assert sources[field["datasourceUid"]]["type"] == "tempo"
+        assert field["url"] == "$${__value.raw}", "Grafana expands a single $ in provisioning"
+    # Loki's OTLP ingestion stores the record's trace id as structured metadata `trace_id`.
+    assert fields["label"]["matcherRegex"] == "trace_id"
+
+
+def test_tempo_links_traces_to_their_logs_in_loki() -> None:
+    sources = datasources()
+    to_logs = sources["tempo"]["jsonData"]["tracesToLogsV2"]
+    assert sources[to_logs["datasourceUid"]]["type"] == "loki"
+    assert to_logs["tags"] == [{"key": "service.name", "value": "service_name"}]
+    assert to_logs["customQuery"] is True
+    query = to_logs["query"]
+    # The stream selector from the tags, then the structured-metadata filter the derived field
+    # reads: an OTLP record's body does not contain its trace id, so no line filter.
+    assert query == '{$${__tags}} | trace_id="$${__trace.traceId}"'
+    assert "$" not in query.replace("$$", ""), "Grafana expands a single $ in provisioning"
+
+
+#: A failing task in a real instrumented Starlette app, with tasklens's own JSON log lines on
+#: stderr, then the trace id of each span.
+_FAILING_TASK = """
+import json, sys
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+import tasklens
+
+def charge(order):
+    raise ValueError(f"card declined for order {order}")
+
+async def pay(request):
+    return PlainTextResponse("ok", background=BackgroundTask(charge, 7))
+
+tasklens.setup(service_name="loki-link")
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+app = Starlette(routes=[Route("/pay", pay, methods=["POST"])])
+tasklens.instrument(app, tracer_provider=provider)
+with TestClient(app) as client:
+    assert client.post("/pay").status_code == 200
+structlog.get_logger("shop").warning("outside any trace", order=7)
+spans = {s.name: format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()}
+print("SPANS " + json.dumps(spans), file=sys.stderr)
+"""
+
+
+def test_derived_field_finds_the_trace_id_in_a_real_tasklens_line() -> None:
+    env = clean_env(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _FAILING_TASK],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    spans = json.loads(next(line for line in lines if line.startswith("SPANS "))[6:])
+    task_trace = spans["bgtask __main__.charge"]
+    (failure,) = [line for line in lines if '"background task failed"' in line]
+    event = json.loads(failure)
+    assert event["trace_id"] == task_trace
+
+    pattern = re.compile(datasources()["loki"]["jsonData"]["derivedFields"][1]["matcherRegex"])
+    found = pattern.search(failure)
+    assert found and found.group(1) == task_trace, failure
+    # The same event as the console renderer (or a stdlib %(trace_id)s format) writes it.
+    console = structlog.dev.ConsoleRenderer(colors=False)(None, "error", dict(event))
+    found = pattern.search(str(console))
+    assert found and found.group(1) == task_trace, console
+    # Lines without a trace id give no link.
+    (untraced,) = [line for line in lines if '"outside any trace"' in line]
+    assert "trace_id" not in json.loads(untraced) and not pattern.search(untraced)
