@@ -22,6 +22,7 @@ from tasklens.runtime import TaskObserver, TaskRecord
 from . import contract as c
 from .redact import describe_args, task_failure
 from .requests import PROVIDER_KEY
+from .setup import span_limits
 
 _INTERNAL = SpanKind.INTERNAL
 _logger = logging.getLogger("tasklens")
@@ -45,6 +46,9 @@ class SpanObserver(TaskObserver):
         self._link = task_trace == "link"
         self._policy_of: tuple[object, str | None] = (None, None)
         self._tracers: dict[int, tuple[TracerProvider, Tracer]] = {}
+        # The SDK bounds attribute values but not the status description: the same bound
+        # applies to it, whoever made the provider (setup(), the app, opentelemetry-instrument).
+        self._status_limit = span_limits().max_span_attribute_length
 
     def _provider_of(self, parent: Context | None) -> TracerProvider:
         provider = otel_context.get_value(PROVIDER_KEY, parent) if parent is not None else None
@@ -154,7 +158,8 @@ class SpanObserver(TaskObserver):
                     self._annotate_minimal(span, task)
             span.end()
         finally:
-            if token is not None:
+            # An abandoned task is finished by the shutdown, outside the context it left.
+            if token is not None and task.outcome != c.OUTCOME_ABANDONED:
                 otel_context.detach(token)
 
     def _annotate(self, span: trace.Span, task: TaskRecord, fallbacks: int) -> None:
@@ -178,7 +183,10 @@ class SpanObserver(TaskObserver):
                     "exception.escaped": "False",
                 },
             )
-            span.set_status(Status(StatusCode.ERROR, f"{failure.type}: {failure.message}"))
+            description = f"{failure.type}: {failure.message}"
+            if self._status_limit is not None:
+                description = description[: self._status_limit]
+            span.set_status(Status(StatusCode.ERROR, description))
             fallbacks += failure.fallbacks
         if fallbacks:
             attributes[c.ATTR_UNREPRESENTABLE] = fallbacks
