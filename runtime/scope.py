@@ -25,8 +25,9 @@ class RequestScope:
     def __init__(self, runner: TaskRunner, context: Context) -> None:
         self.runner = runner
         self.records: list[TaskRecord] = []
-        #: The trace context at the start of the request: its span is the request's server
-        #: span, the parent of every task the request adds.
+        #: The parent trace context of every task the request adds: the context at the
+        #: start of the request, replaced by the app's request middleware (telemetry, just
+        #: outside routing) with the one holding the request's server span, whoever made it.
         self.context = context
         self.closed = False
 
