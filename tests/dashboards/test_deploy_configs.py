@@ -17,7 +17,9 @@ import yaml
 from dashboards import config, rules
 from deploy.local import configs
 from tests.dashboards.tools import REPO_ROOT, assert_ok, run
-from tests.support.server import clean_env
+from tests.support.net import free_port
+from tests.support.otlp_receiver import OTLPReceiver
+from tests.support.server import ServerProcess, clean_env
 
 DEPLOY = REPO_ROOT / "deploy"
 COMPOSE_DIR = DEPLOY / "compose"
@@ -314,6 +316,7 @@ def test_collector_exports_logs_to_lokis_otlp_endpoint() -> None:
 
 
 def test_the_app_sends_its_logs_to_the_collector() -> None:
+    """Configuration: the compose and k8s app environments ask for OTLP logs."""
     app = compose()["services"]["app"]["environment"]
     assert app.get("OTEL_LOGS_EXPORTER") == "otlp"
     assert app["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
@@ -408,3 +411,41 @@ def test_derived_field_finds_the_trace_id_in_a_real_tasklens_line() -> None:
     # Lines without a trace id give no link.
     (untraced,) = [line for line in lines if '"outside any trace"' in line]
     assert "trace_id" not in json.loads(untraced) and not pattern.search(untraced)
+
+
+def test_the_compose_app_exports_failure_records_that_join_their_traces(tmp_path: Path) -> None:
+    """Behaviour: the demo as the image runs it (the Dockerfile's command) with the compose
+    app's environment, a real OTLP gRPC receiver standing in for the collector. Failure
+    records arrive with the trace id of a task span received there (what Loki stores as
+    trace_id) and the same service.name (Loki's service_name, Tempo's trace-to-logs tag)."""
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    command = json.loads(re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    assert command[:2] == ["tasklens", "demo"]
+    port = free_port()
+    args = [sys.executable, "-m", "tasklens.cli", *command[1:]]
+    args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", str(port)
+    app_env = {k: str(v) for k, v in compose()["services"]["app"]["environment"].items()}
+    with OTLPReceiver() as rx:
+        app_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = rx.grpc_endpoint  # the collector's stand-in
+        env = clean_env(
+            **app_env,
+            OTEL_BSP_SCHEDULE_DELAY="200",
+            OTEL_BLRP_SCHEDULE_DELAY="200",
+            TASKLENS_DEMO_DIR=str(tmp_path),
+        )
+        with ServerProcess(args, env, tmp_path / "demo.log", port) as server:
+            server.wait_ready("/health")
+
+            def joined(r: OTLPReceiver) -> list[Any]:
+                traces = {s.trace_id for s in r.spans() if s.name.startswith("bgtask ")}
+                failures = [x for x in r.logs() if x.body == "background task failed"]
+                return [x for x in failures if x.trace_id in traces]
+
+            records = rx.wait_for(joined, timeout=45)
+        spans = rx.spans()
+    service = app_env["OTEL_SERVICE_NAME"]
+    for record in records:
+        assert record.transport == "grpc" and len(record.trace_id) == 32
+        assert record.resource["service.name"] == service
+        assert record.attributes["exception.type"]
+    assert {s.resource["service.name"] for s in spans} == {service}
