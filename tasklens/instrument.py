@@ -33,11 +33,14 @@ def instrument(
 ) -> TaskRunner:
     """Run every background task of ``app`` in the instrumented runtime; serve ``/metrics``.
 
-    Options (validated here, each error names the option), runtime: ``on_error``, ``mode``,
-    ``max_concurrency``, ``shutdown_timeout``, ``threadpool_size``, ``max_task_names``,
-    ``loop_block_threshold``, ``loop_lag_interval``; telemetry: ``metrics_path``,
-    ``max_exception_types``, ``record_args``, ``request_spans``. ``observers`` replaces the
-    default spans, metrics and logs observers. Calling it twice returns the first runner.
+    Options (validated here, each error names the option; README's option table says what
+    each does), runtime: ``on_error``, ``mode``, ``max_concurrency``, ``shutdown_timeout``,
+    ``threadpool_size``, ``max_task_names``, ``loop_block_threshold``, ``loop_lag_interval``;
+    telemetry: ``metrics_path``, ``metrics_auth``, ``max_exception_types``, ``record_args``,
+    ``request_spans``, ``record_url_query``, ``task_trace``, ``tracer_provider``,
+    ``meter_provider`` (the metrics also recorded through it, beside Prometheus; a FastAPI
+    app's ``telemetry={"meter_provider": ...}`` too). ``observers`` replaces the default
+    spans, metrics and logs observers. Calling it twice returns the first runner.
     """
     if not isinstance(app, Starlette):
         raise TypeError(
@@ -56,7 +59,7 @@ def instrument(
         return runner
 
     if observers is None:
-        observers = default_observers(telemetry_options)
+        observers = default_observers(telemetry_options, app)
     runner = TaskRunner(runtime_options, observers)
     attach(app, runner, on_shutdown=[flush_at_shutdown])
     add_app_telemetry(app, telemetry_options)

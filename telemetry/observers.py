@@ -12,23 +12,31 @@ from .exposition import MetricsEndpointMiddleware, exclude_from_fastapi_telemetr
 from .logs import LogObserver
 from .metrics import MetricsObserver
 from .options import TelemetryOptions
+from .otel_metrics import OTelMetricsObserver, app_meter_provider
 from .requests import RequestSpanMiddleware
 from .setup import flush
 from .spans import SpanObserver
 
 
-def default_observers(options: TelemetryOptions) -> list[TaskObserver]:
+def default_observers(options: TelemetryOptions, app: object = None) -> list[TaskObserver]:
     """Spans, metrics and logs, in that order: ``started`` runs them in order and
-    ``finished`` in reverse, so the task span is current while metrics and logs record."""
-    return [
+    ``finished`` in reverse, so the task span is current while metrics and logs record.
+
+    With a meter provider of the app's (``meter_provider``, else FastAPI's ``telemetry``
+    config of ``app``), the metrics are also recorded through it, beside Prometheus."""
+    observers: list[TaskObserver] = [
         SpanObserver(
             tracer_provider=options.tracer_provider,
             record_args=options.record_args,
             task_trace=options.task_trace,
         ),
         MetricsObserver(max_exception_types=options.max_exception_types),
-        LogObserver(record_args=options.record_args),
     ]
+    meter_provider = options.meter_provider or app_meter_provider(app)
+    if meter_provider is not None:
+        observers.append(OTelMetricsObserver(meter_provider, options.max_exception_types))
+    observers.append(LogObserver(record_args=options.record_args))
+    return observers
 
 
 def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:

@@ -39,7 +39,8 @@ class TelemetryOptions:
     #: Provider of task and request spans; None: the app's (FastAPI's ``telemetry``
     #: config), else the global one.
     tracer_provider: TracerProvider | None = None
-    #: Accepted like every instrumentor's; stored for the metrics side (None: global).
+    #: Also record the metrics through this provider's instruments (otel_metrics.py);
+    #: None: the app's (FastAPI's ``telemetry`` config), else Prometheus only.
     meter_provider: MeterProvider | None = None
 
     def __post_init__(self) -> None:
