@@ -26,7 +26,10 @@ class TaskRuntimeMiddleware:
             finally:
                 patch.reconcile()  # after the lifespan: holds of batches abandoned at shutdown
             return
-        request = RequestScope(self.runner, otel_context.get_current())
+        runner = self.runner
+        if runner.unfinished > runner.admission_limit:  # max_pending reached: backpressure
+            await runner.admit()
+        request = RequestScope(runner, otel_context.get_current())
         token = current_scope.set(request)
         try:
             await self.app(scope, receive, send)

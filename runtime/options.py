@@ -33,6 +33,9 @@ class RuntimeOptions:
     shutdown_timeout: float = 30.0
     #: Threads for sync tasks (a limiter of their own, apart from sync endpoints).
     threadpool_size: int = 16
+    #: Backpressure: while more than this many tasks are enqueued and not finished, a new
+    #: request waits before the app sees it (until half the bound); None: no bound.
+    max_pending: int | None = None
     #: Distinct task names before new ones fold into task="other".
     max_task_names: int = DEFAULT_NAME_LIMIT
     #: An async task step (between two awaits) longer than this marks the task
@@ -48,6 +51,8 @@ class RuntimeOptions:
             ("max_concurrency", positive_int(self.max_concurrency), "a positive int"),
             ("shutdown_timeout", non_negative(self.shutdown_timeout), "seconds >= 0"),
             ("threadpool_size", positive_int(self.threadpool_size), "a positive int"),
+            ("max_pending", self.max_pending is None or positive_int(self.max_pending),
+             "a positive int, or None"),
             ("max_task_names", positive_int(self.max_task_names), "a positive int"),
             ("loop_block_threshold", positive_or_none(self.loop_block_threshold),
              "seconds > 0, or None"),

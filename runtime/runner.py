@@ -2,15 +2,21 @@
 
 ``enqueue`` captures the task at ``add_task`` time (name, executor, trace context, clock);
 ``run`` executes a response's tasks in order, async ones on the event loop and each run of
-consecutive sync ones in a single thread hand-off, isolating failures per ``on_error``.
+consecutive sync ones in a single thread hand-off (on asyncio through one queue that worker
+threads drain: runtime/drain.py), isolating failures per ``on_error``. With ``max_pending``,
+``admit`` holds new requests while that many tasks are unfinished (backpressure).
 Every step is announced to the observers; the runtime knows none of them by name.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import inspect
 import logging
+import sys
+import threading
 import time
 import types
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,6 +32,7 @@ from opentelemetry.context import Context
 
 from .context import current_task_var
 from .detached import DetachedExecutor
+from .drain import Job, SyncDrain
 from .loop_lag import LoopLagSampler
 from .naming import TaskNamer, display_name
 from .observer import TaskObserver
@@ -105,8 +112,25 @@ class TaskRunner:
         self._stop_on_error = options.on_error == "stop"
         self._block_threshold = options.loop_block_threshold
         self._limiter: anyio.CapacityLimiter | None = None
+        self._drain: SyncDrain | None = None
         self.detached: DetachedExecutor | None = None
         self._warned_no_lifespan = False
+        # Backpressure (max_pending): tasks enqueued and not finished, counted only when a
+        # bound is set. Sync tasks finish in worker threads, hence the lock.
+        self._bounded = options.max_pending is not None
+        #: The middleware calls ``admit`` while ``unfinished`` exceeds this.
+        self.admission_limit: int = (
+            sys.maxsize if options.max_pending is None else options.max_pending
+        )
+        self._resume_at = (options.max_pending or 0) // 2
+        self.unfinished = 0
+        self._count_lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        #: Requests held at the bound, and the seconds they waited in all.
+        self.admission_delayed = 0
+        self.admission_wait_seconds = 0.0
+        self._on_held = _optional_hooks(self.observers, "admission_held")
+        self._on_resumed = _optional_hooks(self.observers, "admission_resumed")
 
     # --- enqueue ----------------------------------------------------------------------
     def enqueue(
@@ -131,8 +155,47 @@ class TaskRunner:
             identity.is_async,
             parent if parent is not None else otel_context.get_current(),
         )
+        if self._bounded:
+            with self._count_lock:
+                self.unfinished += 1
         _notify(self._on_enqueued, record)
         return record
+
+    # --- backpressure -----------------------------------------------------------------
+    async def admit(self) -> None:
+        """Hold a new request while more than ``max_pending`` tasks are unfinished, until
+        they are down to half the bound: intake slows, as plain Starlette's does when its
+        tasks are slow, instead of request cycles piling up. A held request is counted when
+        it is held (``admission_delayed``, observer hook ``admission_held()``) and its wait
+        when it goes on (``admission_wait_seconds``, ``admission_resumed(seconds)``)."""
+        with self._count_lock:
+            self.admission_delayed += 1
+        _notify(self._on_held)
+        start = _perf()
+        try:
+            while self.unfinished > self.admission_limit:
+                loop = asyncio.get_running_loop()
+                waiter: asyncio.Future[None] = loop.create_future()
+                with self._count_lock:
+                    if self.unfinished <= self._resume_at:
+                        break
+                    self._waiters.append((loop, waiter))
+                await waiter
+        finally:
+            waited = _perf() - start
+            with self._count_lock:
+                self.admission_wait_seconds += waited
+            _notify(self._on_resumed, waited)
+
+    def _finished_one(self) -> None:
+        with self._count_lock:
+            self.unfinished -= 1
+            if not self._waiters or self.unfinished > self._resume_at:
+                return
+            waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_wake, waiter)
 
     # --- run --------------------------------------------------------------------------
     async def run(self, records: list[TaskRecord]) -> None:
@@ -231,12 +294,22 @@ class TaskRunner:
 
     async def _run_sync_batch(self, records: Sequence[TaskRecord], start: int, end: int) -> int:
         """Run ``records[start:end]`` (all sync) in one thread hand-off; return the next index."""
-        limiter = self._get_limiter()
         handoff = _perf()
-        reached, fatal, cancelled = await anyio.to_thread.run_sync(
-            self._sync_batch_in_thread, records, start, end, handoff, limiter, limiter=limiter
-        )
-        self._report_threadpool(limiter)
+        loop = asyncio.events._get_running_loop()
+        if loop is not None:  # asyncio: the shared queue
+            drain = self._drain
+            if drain is None or drain.loop is not loop:
+                drain = self._new_drain(loop)
+            reached, fatal, cancelled = await drain.run(
+                self._sync_batch_in_thread, records, start, end, handoff, None
+            )
+        else:  # another anyio backend (trio): one hand-off per batch on the limiter
+            limiter = self._get_limiter()
+            reached, fatal, cancelled = await anyio.to_thread.run_sync(
+                self._sync_batch_in_thread, None, records, start, end, handoff, limiter,
+                limiter=limiter,
+            )  # fmt: skip
+            self._report_threadpool(limiter)
         if fatal is not None:
             self._finish_unstarted(records[reached:], OUTCOME_ABANDONED)
             raise fatal
@@ -247,22 +320,35 @@ class TaskRunner:
             raise anyio.get_cancelled_exc_class()()
         return reached
 
+    def _new_drain(self, loop: asyncio.AbstractEventLoop) -> SyncDrain:
+        if self._drain is not None:
+            self._drain.close()  # its loop is gone (a TestClient makes one per request)
+        report = functools.partial(_notify, self._on_threadpool) if self._on_threadpool else _idle
+        self._drain = SyncDrain(loop, self.options.threadpool_size, report)
+        return self._drain
+
     def _sync_batch_in_thread(
         self,
+        job: Job | None,
         records: Sequence[TaskRecord],
         start: int,
         end: int,
         handoff: float,
-        limiter: anyio.CapacityLimiter,
+        limiter: anyio.CapacityLimiter | None,
     ) -> tuple[int, BaseException | None, bool]:
-        self._report_threadpool(limiter)
+        if limiter is not None:
+            self._report_threadpool(limiter)
         for position in range(start, end):
             record = records[position]
             if position > start:
-                try:
-                    anyio.from_thread.check_cancelled()
-                except BaseException:
-                    return position, None, True
+                if job is not None:
+                    if job.cancel_called():
+                        return position, None, True
+                else:
+                    try:
+                        anyio.from_thread.check_cancelled()
+                    except BaseException:
+                        return position, None, True
                 record.threadpool_wait = 0.0
             else:
                 record.threadpool_wait = _perf() - handoff
@@ -301,6 +387,8 @@ class TaskRunner:
         if record.finished_at is not None:
             return  # abandoned at shutdown while still running, and has ended since
         record.finished_at = _perf()
+        if self._bounded:
+            self._finished_one()
         blocking, threshold = record.loop_blocking, self._block_threshold
         if blocking is not None and threshold is not None and blocking > threshold:
             record.loop_blocked = True
@@ -361,6 +449,23 @@ class TaskRunner:
                 if sampler is not None:
                     sampler.stop()
                 group.cancel_scope.cancel()
+                if self._drain is not None:
+                    self._drain.close()  # idle threads end; jobs already queued still run
+                    self._drain = None
+
+
+def _idle(*_: Any) -> None:
+    """No observer wants the thread-pool gauges."""
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # a held request cancelled meanwhile
+        waiter.set_result(None)
+
+
+def _optional_hooks(observers: Sequence[TaskObserver], name: str) -> tuple[Callable[..., Any], ...]:
+    """Hooks an observer may define beyond the TaskObserver protocol (duck-typed)."""
+    return tuple(h for h in (getattr(o, name, None) for o in observers) if callable(h))
 
 
 def _hooks(observers: Sequence[TaskObserver], name: str) -> tuple[Callable[..., None], ...]:

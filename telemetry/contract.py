@@ -127,6 +127,22 @@ CORE_METRICS = (
 )
 ALL_METRICS = (*CORE_METRICS, LOOP_BLOCKING_SECONDS, EVENT_LOOP_LAG_SECONDS, SPANS_DROPPED)
 
+#: Backpressure (``max_pending``, issue 10): what happens at the bound is counted. Apart from
+#: ALL_METRICS until the dashboards show them; README lists them with the option.
+ADMISSION_DELAYED = MetricSpec(
+    "bgtask_admission_delayed",
+    "counter",
+    (),
+    "Requests held before the app saw them because max_pending tasks were unfinished.",
+)
+ADMISSION_WAIT_SECONDS = MetricSpec(
+    "bgtask_admission_wait_seconds",
+    "counter",
+    (),
+    "Seconds requests were held at the max_pending bound, in all.",
+)
+BACKPRESSURE_METRICS = (ADMISSION_DELAYED, ADMISSION_WAIT_SECONDS)
+
 # --- Traces -------------------------------------------------------------------------------
 SPAN_NAME_PREFIX = "bgtask "
 ENQUEUED_EVENT = "bgtask.enqueued"

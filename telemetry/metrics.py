@@ -70,6 +70,8 @@ class TaskMetrics:
         self.loop_blocking_seconds = _make(c.LOOP_BLOCKING_SECONDS, registry)
         self.event_loop_lag_seconds = _make(c.EVENT_LOOP_LAG_SECONDS, registry)
         self.spans_dropped = _make(c.SPANS_DROPPED, registry)
+        self.admission_delayed = _make(c.ADMISSION_DELAYED, registry)
+        self.admission_wait_seconds = _make(c.ADMISSION_WAIT_SECONDS, registry)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> TaskMetrics:
@@ -193,6 +195,14 @@ class MetricsObserver(TaskObserver):
     def threadpool_changed(self, borrowed: int, total: int) -> None:
         self._borrowed.set(borrowed)
         self._total.set(total)
+
+    def admission_held(self) -> None:
+        """A request held at the ``max_pending`` bound (counted as it is held)."""
+        self.metrics.admission_delayed.inc()
+
+    def admission_resumed(self, seconds: float) -> None:
+        """A held request goes on after ``seconds``."""
+        self.metrics.admission_wait_seconds.inc(seconds)
 
     def loop_lag(self, seconds: float) -> None:
         self.metrics.event_loop_lag_seconds.observe(seconds)
