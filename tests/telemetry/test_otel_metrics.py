@@ -5,6 +5,8 @@ OTLP path is proven in tests/e2e/test_meter_provider.py."""
 from __future__ import annotations
 
 import importlib.util
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -15,6 +17,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import tasklens
+from tasklens.runtime.naming import TaskIdentity
+from tasklens.runtime.record import TaskRecord
 from tasklens.telemetry import TelemetryOptions, default_observers
 from tasklens.telemetry import contract as c
 from tasklens.telemetry.otel_metrics import (
@@ -193,3 +197,32 @@ def test_prometheus_translation_gives_the_contracts_names() -> None:
         assert prometheus_name(spec.name, unit, spec.type == "counter") == spec.sample_name
     assert otel_unit(c.DURATION_SECONDS) == "s" and otel_unit(c.PENDING) == "{task}"
     assert prometheus_name("bgtask.duration", "s", False) == "bgtask_duration_seconds"
+
+
+def test_counts_exact_when_tasks_finish_in_many_threads() -> None:
+    """Sync tasks finish in worker threads: the tallies lose no increment."""
+    reader = InMemoryMetricReader()
+    observer = OTelMetricsObserver(MeterProvider(metric_readers=[reader]))
+    identity = TaskIdentity("shop.send", False, "send", "shop")
+
+    def work() -> None:
+        for _ in range(2000):
+            task = TaskRecord(identity, failing, (), {}, False, None)
+            observer.enqueued(task)
+            task.started_at = time.perf_counter()
+            observer.started(task)
+            task.finished_at, task.outcome = task.started_at, c.OUTCOME_SUCCESS
+            observer.finished(task)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    got = _points(reader)
+    finished = {p.attributes["outcome"]: p.value for p in got[c.FINISHED.name][1]}
+    assert finished[c.OUTCOME_SUCCESS] == 16_000
+    assert [p.value for p in got[c.ENQUEUED.name][1]] == [16_000]
+    assert [p.value for p in got[c.PENDING.name][1]] == [0]
+    assert [p.value for p in got[c.IN_PROGRESS.name][1]] == [0]
+    assert [p.count for p in got[c.DURATION_SECONDS.name][1]] == [16_000]
