@@ -29,8 +29,8 @@ from . import contract as c
 from .metrics import DEFAULT_EXCEPTION_LIMIT
 
 _logger = logging.getLogger("tasklens.telemetry")
-#: Instrument kind of each OTel-recorded metric (the rest of the contract, spans dropped,
-#: is counted by the span processor, in Prometheus only).
+#: The contract's metrics recorded here (spans dropped is counted by the span processor,
+#: in Prometheus only).
 OTEL_METRICS: tuple[c.MetricSpec, ...] = (
     c.ENQUEUED,
     c.FINISHED,
@@ -43,17 +43,20 @@ OTEL_METRICS: tuple[c.MetricSpec, ...] = (
     c.THREADPOOL_TOKENS,
     c.LOOP_BLOCKING_SECONDS,
     c.EVENT_LOOP_LAG_SECONDS,
+    *c.BACKPRESSURE_METRICS,
 )
 #: Gauges whose value tasklens raises and lowers (an up-down counter); the others are set.
 UP_DOWN = frozenset({c.IN_PROGRESS.name, c.PENDING.name})
 
 
 def otel_unit(spec: c.MetricSpec) -> str:
-    """``s`` for ``*_seconds``; else a UCUM annotation (``{task}``, ``{token}``), which the
+    """``s`` for ``*_seconds``; else a UCUM annotation (``{task}``, ``{token}``, ...), which the
     Prometheus translation drops (unit ``1`` would add ``_ratio`` to a gauge)."""
     if spec.name.endswith("_seconds"):
         return "s"
-    return "{token}" if spec is c.THREADPOOL_TOKENS else "{task}"
+    return {c.THREADPOOL_TOKENS.name: "{token}", c.ADMISSION_DELAYED.name: "{request}"}.get(
+        spec.name, "{task}"
+    )
 
 
 def prometheus_name(name: str, unit: str, monotonic_sum: bool) -> str:
@@ -184,6 +187,10 @@ class OTelMetricsObserver(TaskObserver):
         self._tokens = tokens
         self._borrowed = tokens.cell({"state": "borrowed"})
         self._total = tokens.cell({"state": "total"})
+        self._held = _observed(meter, c.ADMISSION_DELAYED)
+        self._held_cell = self._held.cell({})
+        self._held_seconds = _observed(meter, c.ADMISSION_WAIT_SECONDS)
+        self._held_seconds_cell = self._held_seconds.cell({})
         self.exception_types = LabelLimit(
             "exception", "exception classes", "max_exception_types", max_exception_types, _logger
         )
@@ -232,3 +239,11 @@ class OTelMetricsObserver(TaskObserver):
 
     def loop_lag(self, seconds: float) -> None:
         self._lag.record(seconds)
+
+    def admission_held(self) -> None:
+        """A request held at the ``max_pending`` bound (the runner's optional hook)."""
+        self._held.add(self._held_cell, 1)
+
+    def admission_resumed(self, seconds: float) -> None:
+        """A held request goes on after ``seconds``."""
+        self._held_seconds.add(self._held_seconds_cell, seconds)

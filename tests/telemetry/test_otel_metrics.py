@@ -28,6 +28,8 @@ from tasklens.telemetry.otel_metrics import (
     prometheus_name,
 )
 from tests.conftest import task_spans
+from tests.runtime.helpers import serve
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.anyio
 FASTAPI_NATIVE = importlib.util.find_spec("fastapi.telemetry") is not None
@@ -226,3 +228,49 @@ def test_counts_exact_when_tasks_finish_in_many_threads() -> None:
     assert [p.value for p in got[c.PENDING.name][1]] == [0]
     assert [p.value for p in got[c.IN_PROGRESS.name][1]] == [0]
     assert [p.count for p in got[c.DURATION_SECONDS.name][1]] == [16_000]
+
+
+def test_requests_held_at_max_pending_are_counted() -> None:
+    """The runner's admission hooks reach the OTel instruments too (real uvicorn)."""
+    reader = InMemoryMetricReader()
+    app = FastAPI()
+    gate = threading.Semaphore(0)
+
+    def blocks() -> None:
+        assert gate.acquire(timeout=10), "never released"
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> str:
+        background_tasks.add_task(blocks)
+        return "ok"
+
+    runner = tasklens.instrument(
+        app,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        metrics_path=None,
+        max_pending=2,
+    )
+    statuses: list[int] = []
+    with serve(app) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
+        for _ in range(3):
+            assert client.post("/work").status_code == 200
+        assert runner.unfinished == 3
+
+        def fourth() -> None:
+            with httpx.Client(base_url=server.base_url, timeout=10) as other:
+                statuses.append(other.post("/work").status_code)
+
+        waiter = threading.Thread(target=fourth, daemon=True)
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # held at the bound
+        for _ in range(4):
+            gate.release()
+        waiter.join(10)
+        wait_for(lambda: runner.unfinished == 0, 10, "every task to finish")
+    assert statuses == [200]
+    got = _points(reader)
+    assert [p.value for p in got[c.ADMISSION_DELAYED.name][1]] == [1]
+    (waited,) = [p.value for p in got[c.ADMISSION_WAIT_SECONDS.name][1]]
+    assert 0 < waited < 10  # from when it reached the bound to the release
+    assert got[c.ADMISSION_WAIT_SECONDS.name][0].unit == "s"
