@@ -35,7 +35,8 @@ def instrument(
 
     Options (validated here, each error names the option; README's option table says what
     each does), runtime: ``on_error``, ``mode``, ``max_concurrency``, ``shutdown_timeout``,
-    ``threadpool_size``, ``max_task_names``, ``loop_block_threshold``, ``loop_lag_interval``;
+    ``threadpool_size``, ``max_pending``, ``max_task_names``, ``loop_block_threshold``,
+    ``loop_lag_interval``;
     telemetry: ``metrics_path``, ``metrics_auth``, ``max_exception_types``, ``record_args``,
     ``request_spans``, ``record_url_query``, ``task_trace``, ``tracer_provider``,
     ``meter_provider`` (the metrics also recorded through it, beside Prometheus; a FastAPI
