@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LOWEST := .venv-lowest
 
 .PHONY: install system-deps test test-lowest lint typecheck-tree demo bench bench-smoke \
-	stack dashboards wheel clean
+	stack dashboards wheel clean upstream
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,16 @@ test-lowest: $(LOWEST)/constraints.txt system-deps
 	$(LOWEST)/bin/python ci/lowest.py --check
 	PIP_CONSTRAINT=$(CURDIR)/$(LOWEST)/constraints.txt $(LOWEST)/bin/python -m pytest
 
+# Starlette's and FastAPI's own test suites, plain and with every TestClient app instrumented
+# (ci/upstream_suites.py): downloads their sdists and test dependencies into .upstream/ and
+# takes minutes, so it is not part of `make test`. Both venvs; exit 1 if a test fails only
+# instrumented (the known, by-design ones are listed in docs/runtime.md). The lowest
+# versions' run needs $(LOWEST) (`make test-lowest` makes it).
+upstream: $(STAMP)
+	$(BIN)/python ci/upstream_suites.py --json .upstream/newest.json; a=$$?; \
+	$(LOWEST)/bin/python ci/upstream_suites.py --json .upstream/lowest.json; b=$$?; \
+	exit $$(( a > b ? a : b ))
+
 demo: $(STAMP)
 	$(BIN)/tasklens demo --self-traffic
 
@@ -84,4 +94,4 @@ wheel: $(STAMP)
 	rm -rf dist && $(BIN)/python -m build --outdir dist .
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache .mypy_cache .typecheck .stack dist build
+	rm -rf $(VENV) $(LOWEST) .upstream .pytest_cache .ruff_cache .mypy_cache .typecheck .stack dist build

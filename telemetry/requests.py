@@ -141,7 +141,9 @@ class RequestSpanMiddleware:
         self._request_spans = request_spans
         self._record_query = record_url_query
         self._provider = tracer_provider or app_tracer_provider(owner)
-        self._tracer = trace.get_tracer("tasklens", tracer_provider=self._provider)
+        #: Asked of the provider at the first span tasklens makes, not before: when another
+        #: tracer traces every request, the app's provider sees no lookup of tasklens's.
+        self._tracer: trace.Tracer | None = None
         self._excluded = excluded_urls(owner)
         self._stack_traced: bool | None = None
 
@@ -192,6 +194,8 @@ class RequestSpanMiddleware:
         headers = Headers(scope=scope)
         attributes = self._attributes(scope, headers, websocket, method, original, route)
         parent = propagate.extract(headers, context=otel_context.get_current())
+        if self._tracer is None:
+            self._tracer = trace.get_tracer("tasklens", tracer_provider=self._provider)
         span = self._tracer.start_span(name, parent, SpanKind.SERVER, attributes)
         context = trace.set_span_in_context(span, parent)
         token = otel_context.attach(context)
