@@ -12,7 +12,7 @@ from .exposition import MetricsEndpointMiddleware, exclude_from_fastapi_telemetr
 from .logs import LogObserver
 from .metrics import MetricsObserver
 from .options import TelemetryOptions
-from .otel_metrics import OTelMetricsObserver, app_meter_provider
+from .otel_metrics import OTelMetricsObserver, app_meter_provider, exported_by_setup
 from .requests import RequestSpanMiddleware
 from .setup import flush
 from .spans import SpanObserver
@@ -33,7 +33,7 @@ def default_observers(options: TelemetryOptions, app: object = None) -> list[Tas
         MetricsObserver(max_exception_types=options.max_exception_types),
     ]
     meter_provider = options.meter_provider or app_meter_provider(app)
-    if meter_provider is not None:
+    if meter_provider is not None and not exported_by_setup(meter_provider):
         observers.append(OTelMetricsObserver(meter_provider, options.max_exception_types))
     observers.append(LogObserver(record_args=options.record_args))
     return observers

@@ -20,13 +20,21 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Histogram,
+    Meter,
+    MeterProvider,
+    Observation,
+    get_meter_provider,
+)
 
 from tasklens.runtime import TaskObserver, TaskRecord
 from tasklens.runtime.naming import LabelLimit
 
 from . import contract as c
 from .metrics import DEFAULT_EXCEPTION_LIMIT
+from .setup import installed
 
 _logger = logging.getLogger("tasklens.telemetry")
 #: The contract's metrics recorded here (spans dropped is counted by the span processor,
@@ -110,6 +118,20 @@ class _Tally:
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             return [Observation(cell[0], attrs) for attrs, cell in self._cells.values()]
+
+
+def exported_by_setup(provider: MeterProvider) -> bool:
+    """True (and a warning) when ``provider`` is the global one and :func:`setup` already
+    exports the Prometheus values over OTLP: recording them through it too would send every
+    value twice (``bgtask_finished`` and ``bgtask_finished_total``, one name in Prometheus)."""
+    handle = installed()
+    if handle is None or not handle.metrics_bridges or provider is not get_meter_provider():
+        return False
+    _logger.warning(
+        "tasklens: meter_provider is the global MeterProvider, to which setup() already "
+        "exports the bgtask metrics over OTLP; not recording them through it a second time"
+    )
+    return True
 
 
 def _histogram(meter: Meter, spec: c.MetricSpec) -> Histogram:

@@ -157,3 +157,36 @@ def test_instrument_meter_provider_gets_the_contract(tmp_path: Path) -> None:
 @pytest.mark.skipif(not FASTAPI_NATIVE, reason="FastAPI < 0.164 has no telemetry config")
 def test_fastapi_app_meter_provider_gets_the_contract(tmp_path: Path) -> None:
     _check(_run(tmp_path, "app"))
+
+
+def test_global_provider_that_setup_exports_is_not_recorded_twice(tmp_path: Path) -> None:
+    """``meter_provider=`` the global provider setup() already exports to: one warning, and
+    the metrics go out once (the bridge's), not also as OTel instruments."""
+    with OTLPReceiver() as rx:
+        env = clean_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.http_endpoint,
+            OTEL_METRIC_EXPORT_INTERVAL="200",
+            METER_APP_ENDPOINT=rx.http_endpoint,
+            METER_APP_PROVIDER="global",
+        )
+        with ServerProcess.uvicorn(APP, env, tmp_path / "server.log", free_port()) as server:
+            server.wait_ready("/health")
+            with httpx.Client(base_url=server.base_url, timeout=10) as client:
+                for i in range(REQUESTS):
+                    assert (
+                        client.post("/run", params={"fail": int(i in FAILING)}).status_code == 200
+                    )
+
+            def bridged_all(r: OTLPReceiver) -> dict[tuple[Any, ...], float]:
+                finished = _values(_latest(r.metrics(), GLOBAL), c.FINISHED.sample_name)
+                return finished if sum(finished.values()) == REQUESTS else {}
+
+            bridged = rx.wait_for(bridged_all, timeout=20)
+            # Two more export intervals: anything recorded twice would have arrived by now.
+            exports = rx.requests["http"]["metrics"]
+            rx.wait_for(lambda r: r.requests["http"]["metrics"] >= exports + 2, timeout=10)
+            names = {p.name for p in rx.metrics()}
+            log = server.log_text()
+    assert bridged[(c.EXECUTOR_EVENT_LOOP, c.OUTCOME_SUCCESS, OK)] == REQUESTS - len(FAILING)
+    assert names & OTEL_ONLY == set()
+    assert log.count("not recording them through it a second time") == 1

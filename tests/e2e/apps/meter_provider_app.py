@@ -4,7 +4,8 @@
 receiver). The app's own MeterProvider (service ``own-meters``) exports OTLP/HTTP to
 ``METER_APP_ENDPOINT`` every 200 ms; ``METER_APP_PROVIDER`` says how tasklens gets it:
 ``option`` (``instrument(meter_provider=...)``) or ``app``
-(``FastAPI(telemetry={"meter_provider": ...})``, FastAPI >= 0.164).
+(``FastAPI(telemetry={"meter_provider": ...})``, FastAPI >= 0.164); ``global`` passes
+setup()'s global provider instead (``instrument(meter_provider=get_meter_provider())``).
 
 ``POST /run?fail=1`` adds one task: a sync one that raises ValueError, else an async one.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.metrics import get_meter_provider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -39,7 +41,7 @@ if PROVIDER == "app":
     app = FastAPI(**fastapi_options)
 else:
     app = FastAPI()
-    options["meter_provider"] = own
+    options["meter_provider"] = get_meter_provider() if PROVIDER == "global" else own
 
 
 def failing() -> None:
