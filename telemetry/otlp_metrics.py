@@ -123,7 +123,9 @@ def registry_to_metrics(registry: CollectorRegistry, start_unix_nano: int) -> li
             continue
         if data.data_points:
             metrics.append(
-                Metric(name, family.documentation, "s" if name.endswith("_seconds") else "1", data)
+                # Not "1": the collector's Prometheus translation turns unit "1" on a gauge
+                # into a "_ratio" suffix (bgtask_pending_ratio); counts carry no unit.
+                Metric(name, family.documentation, "s" if name.endswith("_seconds") else "", data)
             )
     return metrics
 

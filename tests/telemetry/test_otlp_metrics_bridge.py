@@ -47,3 +47,17 @@ def test_registry_is_exported_with_exact_values_and_exemplars() -> None:
     assert hist.bucket_counts[2] == 1  # 0.0003 falls in (0.00025, 0.0005]
     assert hist.bucket_counts[hist.explicit_bounds.index(2.5)] == 1  # 2.0 in (1, 2.5]
     assert [e["trace_id"] for e in hist.exemplars] == [trace_id]
+
+
+def test_units_keep_prometheus_names_after_a_collector() -> None:
+    """Seconds carry "s"; counts carry no unit (a collector adds "_ratio" to gauges of
+    unit "1", which would rename bgtask_pending on its way to Prometheus)."""
+    from tasklens.telemetry.otlp_metrics import registry_to_metrics
+
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(registry)
+    metrics.pending.inc()
+    metrics.duration_seconds.labels("t", "event_loop", "success").observe(0.1)
+    units = {m.name: m.unit for m in registry_to_metrics(registry, 0)}
+    assert units["bgtask_pending"] == ""
+    assert units["bgtask_duration_seconds"] == "s"
