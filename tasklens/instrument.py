@@ -38,7 +38,8 @@ def instrument(
     ``threadpool_size``, ``max_pending``, ``max_task_names``, ``loop_block_threshold``,
     ``loop_lag_interval``;
     telemetry: ``metrics_path``, ``metrics_auth``, ``max_exception_types``, ``record_args``,
-    ``request_spans``, ``record_url_query``, ``task_trace``, ``tracer_provider``,
+    ``request_spans``, ``record_url_query``, ``enqueue_events``, ``task_trace``,
+    ``tracer_provider``,
     ``meter_provider`` (the metrics also recorded through it, beside Prometheus; a FastAPI
     app's ``telemetry={"meter_provider": ...}`` too). ``observers`` replaces the default
     spans, metrics and logs observers. Calling it twice returns the first runner.

@@ -15,7 +15,7 @@ from .options import TelemetryOptions
 from .otel_metrics import OTelMetricsObserver, app_meter_provider, exported_by_setup
 from .requests import RequestSpanMiddleware
 from .setup import flush
-from .spans import SpanObserver
+from .spans import EnqueueEventObserver, SpanObserver
 
 
 def default_observers(options: TelemetryOptions, app: object = None) -> list[TaskObserver]:
@@ -32,6 +32,8 @@ def default_observers(options: TelemetryOptions, app: object = None) -> list[Tas
         ),
         MetricsObserver(max_exception_types=options.max_exception_types),
     ]
+    if options.enqueue_events:
+        observers.append(EnqueueEventObserver())
     meter_provider = options.meter_provider or app_meter_provider(app)
     if meter_provider is not None and not exported_by_setup(meter_provider):
         observers.append(OTelMetricsObserver(meter_provider, options.max_exception_types))

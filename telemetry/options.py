@@ -33,6 +33,8 @@ class TelemetryOptions:
     request_spans: bool = True
     #: Put the (scrubbed) query string into tasklens's request spans as ``url.query``.
     record_url_query: bool = False
+    #: A ``bgtask.enqueued`` event on the request span per task it schedules.
+    enqueue_events: bool = False
     #: ``"child"``: task spans are children of the request span (one trace); ``"link"``:
     #: each task is the root of its own trace, with a span link to the request span.
     task_trace: Literal["child", "link"] = "child"
@@ -57,6 +59,7 @@ class TelemetryOptions:
             ("record_args", isinstance(self.record_args, bool), "True or False"),
             ("request_spans", isinstance(self.request_spans, bool), "True or False"),
             ("record_url_query", isinstance(self.record_url_query, bool), "True or False"),
+            ("enqueue_events", isinstance(self.enqueue_events, bool), "True or False"),
             ("task_trace", self.task_trace in ("child", "link"), "'child' or 'link'"),
             ("tracer_provider", self.tracer_provider is None
              or isinstance(self.tracer_provider, TracerProvider),

@@ -82,15 +82,9 @@ class SpanObserver(TaskObserver):
         ctx = trace.get_current_span(parent).get_span_context()
         return ctx.is_valid and not ctx.trace_flags.sampled
 
-    def enqueued(self, task: TaskRecord) -> None:
-        span = trace.get_current_span(task.parent_context)
-        if span.is_recording():
-            # The SDK copies event attributes: one dict per task name is enough.
-            span.add_event(c.ENQUEUED_EVENT, self._static(task)[2])
-
-    def _static(self, task: TaskRecord) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        """Span name, start attributes and enqueue-event attributes of the task's callable,
-        built once per task name (cached on its identity)."""
+    def _static(self, task: TaskRecord) -> tuple[str, dict[str, Any]]:
+        """Span name and start attributes of the task's callable, built once per task name
+        (cached on its identity)."""
         cached = task.identity.cache.get(self)
         if cached is None:
             identity = task.identity
@@ -101,16 +95,12 @@ class SpanObserver(TaskObserver):
             }
             if identity.name != c.OTHER_TASK:  # folded names share one identity
                 start.update(_code_location(task.func))
-            cached = task.identity.cache[self] = (
-                c.SPAN_NAME_PREFIX + identity.name,
-                start,
-                {c.ATTR_NAME: identity.name},
-            )
+            cached = task.identity.cache[self] = (c.SPAN_NAME_PREFIX + identity.name, start)
         return cached
 
     def _start(self, task: TaskRecord, start_time: int | None = None) -> tuple[trace.Span, int]:
         """The task's span, and how many arguments fell back to ``<unrepresentable T>``."""
-        name, static, _ = self._static(task)
+        name, static = self._static(task)
         attributes = {**static, c.ATTR_INDEX: task.index, c.ATTR_BATCH_SIZE: task.batch_size}
         fallbacks = 0
         if self._record_args:
@@ -241,3 +231,18 @@ def _drop_policy(sampler: object) -> str | None:
     ):
         return "unsampled-parent"
     return None
+
+
+class EnqueueEventObserver(TaskObserver):
+    """A ``bgtask.enqueued`` event on the request's span for each task it schedules
+    (``enqueue_events=True``): where in the request ``add_task`` ran. Off by default: an
+    event costs a request span ~3-16 µs per task (docs/performance.md), and the task span
+    already carries its queue time."""
+
+    def enqueued(self, task: TaskRecord) -> None:
+        span = trace.get_current_span(task.parent_context)
+        if span.is_recording():
+            attributes = task.identity.cache.get(self)
+            if attributes is None:  # the SDK copies event attributes: one dict per name
+                attributes = task.identity.cache[self] = {c.ATTR_NAME: task.identity.name}
+            span.add_event(c.ENQUEUED_EVENT, attributes)

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 import tasklens
 from tasklens.telemetry.logs import add_task_context, install_record_factory
+from tasklens.telemetry.spans import EnqueueEventObserver
 from tests.conftest import Kit, task_spans
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +81,7 @@ async def test_path_operation_parameter(spans, kit: Kit) -> None:
         background_tasks.add_task(awrite, "b")
         return {"ok": True}
 
-    tasklens.instrument(app, observers=kit.observers)
+    tasklens.instrument(app, observers=[EnqueueEventObserver(), *kit.observers])
     assert (await _call(app)).status_code == 200
     assert RAN == ["a", "b"]
     server = _server_span(spans)
@@ -471,3 +472,21 @@ async def test_subclass_override_runs_with_one_span_under_fastapi_instrumentor(
     ]
     assert kit.value("bgtask_finished_total", outcome="success") == 3
     assert kit.value("bgtask_pending") == 0
+
+
+async def test_enqueue_events_only_when_asked(spans) -> None:
+    """``bgtask.enqueued`` events on the request span: off by default, on with the option."""
+    seen = {}
+    for enabled in (False, True):
+        spans.clear()
+        app = FastAPI()
+
+        @app.get("/")
+        async def endpoint(background_tasks: BackgroundTasks) -> dict[str, bool]:
+            background_tasks.add_task(write, "a")
+            return {"ok": True}
+
+        tasklens.instrument(app, enqueue_events=enabled, metrics_path=None)
+        assert (await _call(app)).status_code == 200
+        seen[enabled] = [e.name for e in _server_span(spans).events]
+    assert seen == {False: [], True: ["bgtask.enqueued"]}

@@ -46,4 +46,6 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-tasklens.instrument(app, on_error=os.environ.get("CORE_APP_ON_ERROR", "continue"))
+tasklens.instrument(
+    app, on_error=os.environ.get("CORE_APP_ON_ERROR", "continue"), enqueue_events=True
+)
