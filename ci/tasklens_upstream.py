@@ -4,8 +4,10 @@ outcome to a JSON file.
 
 Environment: ``TASKLENS_UPSTREAM_MODE`` ``plain`` (nothing instrumented, the reference) or
 ``instrumented`` (``tasklens.instrument(app, on_error="stop")``, default options otherwise);
-``TASKLENS_UPSTREAM_REPORT`` the JSON file written at the end; ``TASKLENS_UPSTREAM_SELECT``
-(optional) a file of node ids, one a line: only those run (the rerun of the differences).
+``TASKLENS_UPSTREAM_OPTIONS`` (optional) JSON of more ``instrument`` options
+(``{"request_spans": false}``); ``TASKLENS_UPSTREAM_REPORT`` the JSON file written at the
+end; ``TASKLENS_UPSTREAM_SELECT`` (optional) a file of node ids, one a line: only those run
+(the rerun of the differences).
 Apps that are not Starlette instances (raw ASGI callables) run as they are: ``instrument``
 accepts Starlette and FastAPI apps only, and wrapping them would change what they do.
 """
@@ -25,6 +27,10 @@ from starlette.applications import Starlette
 import tasklens
 
 MODE = os.environ.get("TASKLENS_UPSTREAM_MODE", "plain")
+OPTIONS: dict[str, Any] = {
+    "on_error": "stop",
+    **json.loads(os.environ.get("TASKLENS_UPSTREAM_OPTIONS", "{}")),
+}
 _STATS: Counter[str] = Counter()
 _OUTCOMES: dict[str, str] = {}
 _INSTRUMENTED: set[str] = set()
@@ -40,7 +46,7 @@ def _init(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
             _STATS["raw ASGI app (not instrumented)"] += 1
         else:
             try:
-                tasklens.instrument(app, on_error="stop")
+                tasklens.instrument(app, **OPTIONS)
             except Exception as exc:  # e.g. the app's middleware stack is already built
                 _STATS["refused"] += 1
                 _REFUSED[_current[0]] = f"{type(exc).__name__}: {exc}"

@@ -13,7 +13,7 @@ cache, on top of this venv's packages (pinned to their installed versions), so t
 itself is not changed. Usage::
 
     .venv/bin/python ci/upstream_suites.py [--suite starlette|fastapi] [--cache DIR]
-        [--json FILE] [-- extra pytest args]
+        [--options JSON] [--json FILE] [-- extra pytest args]
 """
 
 from __future__ import annotations
@@ -33,38 +33,30 @@ from pathlib import Path
 
 CI = Path(__file__).resolve().parent
 SUITES = ("starlette", "fastapi")
-#: Test dependencies of each suite not in tasklens's dev extra, by major version line.
-#: Left out, and so failing in both modes: logfire (FastAPI's logfire telemetry tests).
+#: Test dependencies of each suite not in tasklens's dev extra, for its newest ("new") and
+#: lowest supported ("old") line (pinned to this venv's versions of what it has).
+_COMMON = ["trio", "jinja2", "python-multipart", "itsdangerous"]
 EXTRAS = {
-    "starlette": ["trio", "jinja2", "python-multipart", "itsdangerous", "httpx2", "blockbuster"],
-    "fastapi": [
-        "trio",
-        "jinja2",
-        "python-multipart",
-        "itsdangerous",
-        "httpx2",
-        "inline-snapshot",
-        "dirty-equals",
-        "sqlmodel",
-        "orjson",
-        "ujson",
-        "email-validator",
-        "pyjwt",
-        "pwdlib[argon2]",
-        "passlib[bcrypt]",
-        "flask",
-        "a2wsgi",
-        "strawberry-graphql",
-        "pydantic-settings",
-        "typer",
-        "python-slugify",
-        "sentry-sdk",
+    ("starlette", "new"): [*_COMMON, "httpx2", "blockbuster"],
+    ("starlette", "old"): _COMMON,
+    ("fastapi", "new"): [
+        *_COMMON, "httpx2", "inline-snapshot", "dirty-equals", "sqlmodel", "orjson", "ujson",
+        "email-validator", "pyjwt", "pwdlib[argon2]", "passlib[bcrypt]", "flask", "a2wsgi",
+        "strawberry-graphql", "pydantic-settings", "typer", "python-slugify", "sentry-sdk",
+        "logfire", "fastapi-cli",
         "coverage",  # test_fastapi_cli runs `python -m coverage`
         "pytest-xdist",  # its ``xdist_group`` marker (the suite runs serially here)
     ],
-}
-#: Older releases pin older test tools (FastAPI 0.115's snapshot syntax is inline-snapshot 0.13).
-OLD_PINS = {"fastapi": {"inline-snapshot": "inline-snapshot==0.13.0", "flask": "flask<3"}}
+    # FastAPI 0.115's requirements-tests.txt (its snapshots are inline-snapshot 0.13's).
+    ("fastapi", "old"): [
+        *_COMMON, "inline-snapshot==0.13.0", "dirty-equals", "sqlmodel", "flask<3", "pyjwt",
+        "passlib[bcrypt]", "bcrypt==4.0.1", "orjson", "ujson", "email-validator",
+        "pydantic-settings",
+        "strawberry-graphql",
+    ],
+}  # fmt: skip
+#: The first release of the "new" line.
+NEW_LINE = {"starlette": (1, 0), "fastapi": (0, 116)}
 MODES = ("plain", "instrumented")
 
 
@@ -73,14 +65,8 @@ def log(message: str) -> None:
 
 
 def extras_for(suite: str, release: str) -> list[str]:
-    old = int(release.split(".")[0]) == 0 and int(release.split(".")[1]) < (
-        116 if suite == "fastapi" else 41
-    )
-    pins = OLD_PINS.get(suite, {}) if old else {}
-    names = [pins.get(name, name) for name in EXTRAS[suite]]
-    if old and suite == "starlette":
-        names = [name for name in names if name not in ("httpx2", "blockbuster")]
-    return names
+    major, minor = (int(part) for part in release.split(".")[:2])
+    return EXTRAS[suite, "new" if (major, minor) >= NEW_LINE[suite] else "old"]
 
 
 def overlay(cache: Path, requirements: list[str]) -> Path:
@@ -218,9 +204,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=SUITES, action="append")
     parser.add_argument("--cache", type=Path, default=CI.parent / ".upstream")
+    parser.add_argument(
+        "--options", help="more instrument() options, JSON: '{\"request_spans\": false}'"
+    )
     parser.add_argument("--json", type=Path, help="write the summary here too")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args()
+    if args.options:
+        json.loads(args.options)  # fails here, naming the JSON error, not in every test
+        os.environ["TASKLENS_UPSTREAM_OPTIONS"] = args.options
     cache: Path = args.cache.resolve()
     cache.mkdir(parents=True, exist_ok=True)
     summaries = [judge(cache, suite, args.pytest_args) for suite in args.suite or SUITES]
