@@ -25,7 +25,12 @@ def test_child_tasks_share_the_request_trace(tmp_path: Path, protocol: str) -> N
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_linked_tasks_are_roots_of_their_own_traces(tmp_path: Path, protocol: str) -> None:
-    result = run(tmp_path, "plain", protocol=protocol, SPAN_APP_OPTIONS='{"task_trace": "link"}')
+    result = run(
+        tmp_path,
+        "plain",
+        protocol=protocol,
+        SPAN_APP_OPTIONS='{"task_trace": "link", "enqueue_events": true}',
+    )
     servers = {s.span_id: s for s in result.servers("/users/") + result.servers("/health")}
     tasks = [s for s in result.spans if s.name == TASK]
     assert len(tasks) == 2 and len(servers) == 2

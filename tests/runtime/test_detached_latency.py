@@ -158,14 +158,18 @@ def test_detached_request_latency_excludes_task_time(probe: Probe) -> None:
             f"client max {m.client:.4f}s (each: {', '.join(f'{c:.4f}' for c in m.client_all)})"
         )
 
-    # The ASGI call: inline it lasts as long as the task, detached it does not.
-    assert inline.asgi >= 0.3
-    assert detached.asgi < 0.1
+    # The ASGI call: inline it lasts as long as the task, detached it does not. The bound
+    # is the task's duration (what detached mode takes off the request), not a latency
+    # target: a busy machine stalled a whole request 0.175 s once (request, FastAPI's
+    # clock and client alike), still far from the 0.32 s a waited-for task adds.
+    bound = TASK_SECONDS * 0.75
+    assert inline.asgi >= TASK_SECONDS * 0.95
+    assert detached.asgi < bound
     # FastAPI's native duration and the client stop at the response, in both modes.
-    assert inline.native < 0.1
-    assert detached.native < 0.1
-    assert inline.client < 0.1
-    assert detached.client < 0.1
+    assert inline.native < bound
+    assert detached.native < bound
+    assert inline.client < bound
+    assert detached.client < bound
 
     # Inline and detached alike: one task span per request, child of its server span.
     for m in (inline, detached):
