@@ -76,6 +76,18 @@ def _never_ran(result: object) -> bool:
     return hasattr(type(result), "__await__")
 
 
+def _call_sync(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, BaseException | None]:
+    """Call a sync task: (its result, None) or (None, what it raised). Apart from the runner
+    so that the exception's traceback holds no frame that refers to the record: no
+    record <-> traceback cycle keeps a failure (its message, its arguments) until a full GC."""
+    try:
+        return func(*args, **kwargs), None
+    except BaseException as exc:
+        return None, exc
+
+
 def _returned_awaitable(record: TaskRecord, result: object) -> TypeError:
     """The failure of a sync task that returned an awaitable; a coroutine is closed (no
     "never awaited" warning), its body never ran."""
@@ -265,10 +277,12 @@ class TaskRunner:
             record.outcome = OUTCOME_CANCELLED if cancelled else OUTCOME_FAILURE
             record.error = exc
             context.run(self._finish, record)
+            context.run(current_task_var.set, None)
             raise
         else:
             record.outcome = OUTCOME_SUCCESS
         context.run(self._finish, record)
+        context.run(current_task_var.set, None)  # no record <-> context cycle left for GC
 
     def _begin_async(self, record: TaskRecord) -> tuple[Any, Any]:
         """In the task's context: announce the start, call the function and run its first
@@ -367,19 +381,18 @@ class TaskRunner:
         _notify(self._on_started, record)
         record.started_at = _perf()
         fatal: BaseException | None = None
-        try:
-            result = record.func(*record.args, **record.kwargs)
-            if result is not None and _never_ran(result):
-                raise _returned_awaitable(record, result)
-        except Exception as exc:
-            record.outcome = OUTCOME_FAILURE
-            record.error = exc
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit: recorded, then re-raised
-            record.outcome = OUTCOME_FAILURE
-            record.error = fatal = exc
-        else:
+        result, error = _call_sync(record.func, record.args, record.kwargs)
+        if error is None and result is not None and _never_ran(result):
+            error = _returned_awaitable(record, result)
+        if error is None:
             record.outcome = OUTCOME_SUCCESS
+        else:
+            record.outcome = OUTCOME_FAILURE
+            record.error = error
+            if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: re-raised
+                fatal = error
         self._finish(record)
+        current_task_var.set(None)  # no record <-> context cycle left for GC
         return fatal
 
     # --- finish -----------------------------------------------------------------------
@@ -393,6 +406,9 @@ class TaskRunner:
         if blocking is not None and threshold is not None and blocking > threshold:
             record.loop_blocked = True
         _notify(self._on_finished, record)
+        # The observers are done with it: what they kept for one another (the described
+        # failure, its stack trace) must not live on with the record.
+        record.observer_state.clear()
         if record.started_at is not None:
             # A record outlives its task where something keeps its context (an idle worker
             # thread's last job, a cancelled keep-alive timer): it must not keep the

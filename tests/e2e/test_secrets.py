@@ -125,7 +125,10 @@ def test_no_secret_in_spans_metrics_or_logs(tmp_path: Path, record_args: bool) -
     trigger_spans = [s for s in servers if s.url_path == "/trigger"]
     assert len(trigger_spans) == REQUESTS
     for span in trigger_spans:
-        assert any("token=[redacted]" in str(v) for v in span.attributes.values()), span.attributes
+        # FastAPI's native span records the query (tasklens scrubs it); tasklens's own
+        # span records none unless record_url_query (FastAPI < 0.164).
+        queries = [str(v) for v in span.attributes.values() if "token=" in str(v)]
+        assert all("token=[redacted]" in q for q in queries), span.attributes
     failed = [e for e in _log_lines(log) if e.get("event") == "background task failed"]
     assert len(failed) == REQUESTS
     for line in failed:
