@@ -9,40 +9,17 @@ final ``bgtask_*`` counters as JSON to ``$TASKLENS_TEST_SUMMARY``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import BackgroundTasks, FastAPI
-from prometheus_client import REGISTRY
 
 import tasklens
+from tests.runtime.apps.shutdown_summary import lifespan
 
 TASKS_PER_REQUEST = int(os.environ.get("TASKLENS_TEST_TASKS_PER_REQUEST", "10"))
 SLOW_SECONDS = float(os.environ.get("TASKLENS_TEST_SLOW_SECONDS", "5"))
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-
-
-def _summary() -> dict[str, object]:
-    enqueued = 0.0
-    finished: Counter[str] = Counter()
-    for family in REGISTRY.collect():
-        for sample in family.samples:
-            if sample.name == "bgtask_enqueued_total":
-                enqueued += sample.value
-            elif sample.name == "bgtask_finished_total":
-                finished[sample.labels["outcome"]] += int(sample.value)
-    return {"enqueued": int(enqueued), "finished": dict(finished)}
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    with open(os.environ["TASKLENS_TEST_SUMMARY"], "w") as f:
-        json.dump(_summary(), f)
 
 
 app = FastAPI(lifespan=lifespan)
