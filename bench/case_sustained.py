@@ -184,10 +184,14 @@ def run_variant(
         if end is None:
             raise RuntimeError(f"{variant}: the load generator stopped early")
         drained_at = time.monotonic()
-        after = end
-        while after["behind"] > 0 and time.monotonic() - drained_at < drain_timeout:
+        after, previous = end, None
+        # Drained: nothing behind, twice in a row with nothing newly enqueued (a request the
+        # load generator left in flight when it stopped may still add its tasks).
+        while (
+            after["behind"] > 0 or previous is None or previous["enqueued"] != after["enqueued"]
+        ) and time.monotonic() - drained_at < drain_timeout:
             time.sleep(0.25)
-            after = _stats(port)
+            previous, after = after, _stats(port)
         drain_s = time.monotonic() - drained_at if after["behind"] == 0 else None
         after = _stats(port, objects="1")
     except BaseException:
