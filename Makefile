@@ -21,14 +21,18 @@ $(STAMP): pyproject.toml ci/lowest.py | $(BIN)/python
 
 install: $(STAMP)
 
-# Debian's Prometheus, Alertmanager and promtool/amtool for the end-to-end tests and `make stack`.
+# Debian's Prometheus, Alertmanager and promtool/amtool (end-to-end tests, `make stack`),
+# redis-server (the Celery broker of the Celery tests and the stack) and chromium (the live
+# page's browser tests, driven by Playwright with executable_path=/usr/bin/chromium).
+SYSTEM_TOOLS := promtool amtool prometheus-alertmanager redis-server chromium
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager redis-server chromium
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
-	    || ! command -v prometheus-alertmanager >/dev/null; then \
-	  echo "installing prometheus and prometheus-alertmanager (apt-get)"; \
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $(SYSTEM_PACKAGES) (apt-get; missing:$$missing)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager >/dev/null; \
+	    $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
 # mypy checks the package under the names it installs with (tasklens.runtime, ...): a tree of
