@@ -91,10 +91,19 @@ class TaskIdentity:
 
     __slots__ = ("cache", "code_function", "code_namespace", "executor", "is_async", "name")
 
-    def __init__(self, name: str, is_async: bool, code_function: str, code_namespace: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        is_async: bool,
+        code_function: str,
+        code_namespace: str,
+        executor: Executor | None = None,
+    ) -> None:
         self.name = name
         self.is_async = is_async
-        self.executor: Executor = EXECUTOR_EVENT_LOOP if is_async else EXECUTOR_THREAD_POOL
+        self.executor: Executor = executor or (
+            EXECUTOR_EVENT_LOOP if is_async else EXECUTOR_THREAD_POOL
+        )
         self.code_function = code_function
         self.code_namespace = code_namespace
         #: Observers cache their per-task objects here (label children, span names).
@@ -232,6 +241,26 @@ class TaskNamer:
                 self._by_name[(name, is_async)] = identity
             if len(self._by_key) < self.max_keys:
                 self._by_key[_key(target)] = identity
+            return identity
+
+    def identify_named(
+        self, name: str, executor: Executor, code_function: str, code_namespace: str
+    ) -> TaskIdentity:
+        """The identity of a task known by name rather than by a local callable (a Celery
+        task: ``name`` is its registered name, the same in the web process and on workers);
+        bounded by the same ``max_task_names``. Runs in the thread pool (not async)."""
+        key = ("named", name, executor)
+        hit = self._by_key.get(key)
+        if hit is not None:
+            return hit
+        label = self._labels.admit(name)
+        with self._lock:
+            identity = self._by_name.get((f"{executor}:{label}", False))
+            if identity is None:
+                identity = TaskIdentity(label, False, code_function, code_namespace, executor)
+                self._by_name[(f"{executor}:{label}", False)] = identity
+            if len(self._by_key) < self.max_keys:
+                self._by_key[key] = identity
             return identity
 
     def names(self) -> set[str]:

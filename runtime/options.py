@@ -43,6 +43,9 @@ class RuntimeOptions:
     loop_block_threshold: float | None = 0.1
     #: Seconds between event-loop lag samples; None: no sampler.
     loop_lag_interval: float | None = 0.5
+    #: A ``celery.Celery`` app: tasks of it given to ``add_task`` are sent to its broker
+    #: (executor ``broker``) instead of running here; None: called inline, as Starlette does.
+    celery: Any = None
 
     def __post_init__(self) -> None:
         validate(self, [
@@ -59,6 +62,10 @@ class RuntimeOptions:
             ("loop_lag_interval", positive_or_none(self.loop_lag_interval),
              "seconds > 0, or None"),
         ])  # fmt: skip
+        if self.celery is not None:
+            from .celery_send import require_celery_app
+
+            require_celery_app(self.celery)
 
     @property
     def detached(self) -> bool:

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-Executor = Literal["event_loop", "thread_pool"]
+Executor = Literal["event_loop", "thread_pool", "broker", "celery"]
 Outcome = Literal["success", "failure", "skipped", "cancelled", "abandoned"]
 
 #: Where a task ran.
 EXECUTOR_EVENT_LOOP: Final = "event_loop"
 EXECUTOR_THREAD_POOL: Final = "thread_pool"
-EXECUTORS: Final[tuple[Executor, ...]] = (EXECUTOR_EVENT_LOOP, EXECUTOR_THREAD_POOL)
+#: A Celery task's web-process part: sent to the broker (``instrument(app, celery=...)``).
+EXECUTOR_BROKER: Final = "broker"
+#: A Celery task's run on a worker (``tasklens.celery.instrument_worker``).
+EXECUTOR_CELERY: Final = "celery"
+EXECUTORS: Final[tuple[Executor, ...]] = (
+    EXECUTOR_EVENT_LOOP,
+    EXECUTOR_THREAD_POOL,
+    EXECUTOR_BROKER,
+    EXECUTOR_CELERY,
+)
 
 #: How a task ended. ``skipped``: not run because an earlier task of the same response
 #: failed under ``on_error="stop"``. ``cancelled``: cancelled while running.

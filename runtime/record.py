@@ -5,12 +5,27 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.context import Context
 
 from .naming import TaskIdentity
 from .outcomes import Executor, Outcome
+
+
+@dataclass(frozen=True)
+class Message:
+    """The message a task travels as, for a task sent to a broker or received from one."""
+
+    #: The messaging system (``celery``).
+    system: str
+    #: ``send`` (the web process hands it to the broker) or ``process`` (a worker runs it).
+    operation: str
+    #: Its id (the Celery task id).
+    message_id: str
+    #: Where it goes (the Celery queue), when known.
+    destination: str | None = None
 
 
 class TaskRecord:
@@ -36,6 +51,7 @@ class TaskRecord:
         "kwargs",
         "loop_blocked",
         "loop_blocking",
+        "message",
         "observer_state",
         "outcome",
         "parent_context",
@@ -80,6 +96,8 @@ class TaskRecord:
         self.observer_state: dict[object, Any] = {}
         #: True once a runner took the task to run it (inline or detached).
         self.claimed = False
+        #: A task that travels as a message (Celery): what the message is; else None.
+        self.message: Message | None = None
 
     @property
     def name(self) -> str:

@@ -30,11 +30,12 @@ import anyio.to_thread
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
+from .celery_send import CeleryDispatch
 from .context import current_task_var
 from .detached import DetachedExecutor
 from .drain import Job, SyncDrain
 from .loop_lag import LoopLagSampler
-from .naming import TaskNamer, display_name
+from .naming import TaskIdentity, TaskNamer, display_name
 from .observer import TaskObserver
 from .options import RuntimeOptions
 from .outcomes import (
@@ -143,6 +144,9 @@ class TaskRunner:
         self.admission_wait_seconds = 0.0
         self._on_held = _optional_hooks(self.observers, "admission_held")
         self._on_resumed = _optional_hooks(self.observers, "admission_resumed")
+        self._on_clock_skew = _optional_hooks(self.observers, "clock_skewed")
+        #: ``celery=``: Celery tasks of add_task become sends to its broker.
+        self.dispatch = CeleryDispatch(options.celery) if options.celery is not None else None
 
     # --- enqueue ----------------------------------------------------------------------
     def enqueue(
@@ -158,7 +162,12 @@ class TaskRunner:
             raise TypeError(
                 f"add_task() expects a callable, got {func!r} of type {type(func).__name__}"
             )
-        identity = self.namer.identify(func)
+        message = None
+        send = self.dispatch.claim(func, args, kwargs) if self.dispatch is not None else None
+        if send is not None:  # a Celery task: the record runs its send (runtime/celery_send)
+            identity, func, message = send.identity(self.namer), send, send.message()
+        else:
+            identity = self.namer.identify(func)
         record = TaskRecord(
             identity,
             func,
@@ -167,11 +176,58 @@ class TaskRunner:
             identity.is_async,
             parent if parent is not None else otel_context.get_current(),
         )
+        record.message = message
         if self._bounded:
             with self._count_lock:
                 self.unfinished += 1
         _notify(self._on_enqueued, record)
         return record
+
+    # --- tasks run by another engine (a Celery worker: runtime/celery_worker.py) ----------
+    def receive(
+        self,
+        identity: TaskIdentity,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent: Context | None,
+        enqueued_ns: int | None,
+    ) -> TaskRecord:
+        """A task that arrived from elsewhere, enqueued at wall-clock ``enqueued_ns`` (in
+        another process: its queue time runs from then; a clock behind that time is clamped
+        to 0 queue time and announced to ``clock_skewed(record, seconds)`` hooks)."""
+        record = TaskRecord(identity, func, args, kwargs, False, parent)
+        record.claimed = True
+        if enqueued_ns is not None:
+            waited = record.enqueued_ns - enqueued_ns
+            if waited < 0:
+                _notify(self._on_clock_skew, record, -waited / 1e9)
+            else:
+                record.enqueued_at -= waited / 1e9
+                record.enqueued_ns = enqueued_ns
+        if self._bounded:
+            with self._count_lock:
+                self.unfinished += 1
+        _notify(self._on_enqueued, record)
+        return record
+
+    def start_external(self, record: TaskRecord) -> None:
+        """The engine is about to call the task's function, in this thread and context."""
+        current_task_var.set(record)
+        _notify(self._on_started, record)
+        record.started_at = _perf()
+
+    def finish_external(
+        self, record: TaskRecord, outcome: Outcome, error: BaseException | None = None
+    ) -> None:
+        """The engine's call returned (``outcome``, ``error`` on failure)."""
+        record.outcome = outcome
+        record.error = error
+        try:
+            self._finish(record)
+        finally:
+            if current_task_var.get() is record:
+                current_task_var.set(None)
 
     # --- backpressure -----------------------------------------------------------------
     async def admit(self) -> None:

@@ -11,6 +11,8 @@ from typing import Literal
 
 # Label values the runtime decides (executor, outcome, the fold-over task name), re-exported.
 from tasklens.runtime.outcomes import (  # noqa: F401
+    EXECUTOR_BROKER,
+    EXECUTOR_CELERY,
     EXECUTOR_EVENT_LOOP,
     EXECUTOR_THREAD_POOL,
     EXECUTORS,
@@ -143,8 +145,21 @@ ADMISSION_WAIT_SECONDS = MetricSpec(
 )
 BACKPRESSURE_METRICS = (ADMISSION_DELAYED, ADMISSION_WAIT_SECONDS)
 
+#: Celery workers (issue 12): the queue time of a task runs from add_task in the web process
+#: to the start on the worker, on two clocks; a worker clock behind is counted here.
+CLOCK_SKEW = MetricSpec(
+    "bgtask_clock_skew",
+    "counter",
+    ("task",),
+    "Tasks started on a worker whose clock was behind the add_task time the message carries "
+    "(queue time recorded as 0).",
+)
+CELERY_METRICS = (CLOCK_SKEW,)
+
 # --- Traces -------------------------------------------------------------------------------
 SPAN_NAME_PREFIX = "bgtask "
+#: The web-process span of a Celery task: its send to the broker (PRODUCER).
+SEND_SPAN_NAME_PREFIX = "bgtask send "
 ENQUEUED_EVENT = "bgtask.enqueued"
 LOOP_BLOCKED_EVENT = "bgtask.loop_blocked"
 
@@ -164,11 +179,16 @@ ATTR_CODE_FILE_PATH = "code.file.path"
 ATTR_CODE_LINE_NUMBER = "code.line.number"
 ATTR_ERROR_TYPE = "error.type"
 ATTR_UNREPRESENTABLE = "bgtask.unrepresentable"
+#: Messaging semantic conventions, on the send and worker spans of Celery tasks.
+ATTR_MESSAGING_SYSTEM = "messaging.system"
+ATTR_MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id"
+ATTR_MESSAGING_DESTINATION_NAME = "messaging.destination.name"
 
 #: Span attributes in README order, with what they hold.
 SPAN_ATTRIBUTES = {
-    ATTR_NAME: "task name, module.qualname of the callable",
-    ATTR_EXECUTOR: "event_loop or thread_pool",
+    ATTR_NAME: "task name, module.qualname of the callable (a Celery task: its registered name)",
+    ATTR_EXECUTOR: "event_loop, thread_pool, broker (a Celery task's send) or celery (its run)",
     ATTR_QUEUE_SECONDS: "add_task to function start",
     ATTR_THREADPOOL_WAIT_SECONDS: "wait for a thread-pool slot (sync tasks only)",
     ATTR_OUTCOME: "success, failure, skipped, cancelled or abandoned",
@@ -179,6 +199,10 @@ SPAN_ATTRIBUTES = {
     ATTR_CODE_LINE_NUMBER: "first line of that function",
     ATTR_ERROR_TYPE: "exception class, on failure",
     ATTR_UNREPRESENTABLE: "values recorded as <unrepresentable T> (repr or str raised), if any",
+    ATTR_MESSAGING_SYSTEM: "celery (Celery tasks only, as the next three)",
+    ATTR_MESSAGING_OPERATION_TYPE: "send (web process) or process (worker)",
+    ATTR_MESSAGING_MESSAGE_ID: "the Celery task id",
+    ATTR_MESSAGING_DESTINATION_NAME: "the Celery queue",
 }
 
 

@@ -25,7 +25,7 @@ import anyio.to_thread
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -56,6 +56,36 @@ class WorkerFilesCollector(MultiProcessCollector):  # type: ignore[misc]
         return self.merge(files, accumulate=True)  # type: ignore[no-any-return]
 
 
+class LiveWorkerFilesCollector(WorkerFilesCollector):
+    """:class:`WorkerFilesCollector` that also drops the live gauges of exited processes
+    (prometheus_client's ``mark_process_dead``) when it finds them: for process managers
+    with no exit hook of their own, such as Celery's prefork pool. Counters of dead
+    processes stay, as with gunicorn's ``child_exit``."""
+
+    def collect(self) -> Iterable[Metric]:
+        for path in glob.glob(os.path.join(self._path, "gauge_live*_*.db")):
+            pid = _pid_of(path)
+            if pid is not None and not _alive(pid):
+                mark_process_dead(pid, self._path)
+        return super().collect()
+
+
+def _pid_of(path: str) -> int | None:
+    stem = os.path.basename(path)[: -len(".db")]
+    tail = stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def _has_header(path: str) -> bool:
     try:
         return os.stat(path).st_size >= _HEADER_BYTES
@@ -63,12 +93,14 @@ def _has_header(path: str) -> bool:
         return False
 
 
-def metrics_registry() -> CollectorRegistry:
-    """The registry /metrics exposes (a multiprocess collector when several workers write)."""
+def metrics_registry(drop_dead_processes: bool = False) -> CollectorRegistry:
+    """The registry /metrics exposes (a multiprocess collector when several workers write;
+    ``drop_dead_processes``: :class:`LiveWorkerFilesCollector`)."""
     if multiprocess_mode():
         directory = directory_from_env()
         registry = CollectorRegistry()
-        WorkerFilesCollector(registry, path=str(directory) if directory else None)
+        collector = LiveWorkerFilesCollector if drop_dead_processes else WorkerFilesCollector
+        collector(registry, path=str(directory) if directory else None)
         return registry
     if directory_from_env() is not None:
         _logger.warning(

@@ -72,6 +72,7 @@ class TaskMetrics:
         self.spans_dropped = _make(c.SPANS_DROPPED, registry)
         self.admission_delayed = _make(c.ADMISSION_DELAYED, registry)
         self.admission_wait_seconds = _make(c.ADMISSION_WAIT_SECONDS, registry)
+        self.clock_skew = _make(c.CLOCK_SKEW, registry)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> TaskMetrics:
@@ -111,7 +112,9 @@ class _TaskChildren:
         }
         self.in_progress = m.in_progress.labels(name, executor)
         self.wait = (
-            m.threadpool_wait_seconds.labels(name) if executor == c.EXECUTOR_THREAD_POOL else None
+            m.threadpool_wait_seconds.labels(name)
+            if executor in (c.EXECUTOR_THREAD_POOL, c.EXECUTOR_BROKER)
+            else None
         )
         self.blocking = (
             m.loop_blocking_seconds.labels(name) if executor == c.EXECUTOR_EVENT_LOOP else None
@@ -195,6 +198,10 @@ class MetricsObserver(TaskObserver):
     def threadpool_changed(self, borrowed: int, total: int) -> None:
         self._borrowed.set(borrowed)
         self._total.set(total)
+
+    def clock_skewed(self, task: TaskRecord, seconds: float) -> None:
+        """A worker's clock was ``seconds`` behind the task's add_task time (Celery)."""
+        self.metrics.clock_skew.labels(task.name).inc()
 
     def admission_held(self) -> None:
         """A request held at the ``max_pending`` bound (counted as it is held)."""

@@ -1,5 +1,8 @@
-"""The span observer: one INTERNAL span per task, child of the request that added it
-(``task_trace="child"``) or the root of a trace of its own linked to it (``"link"``)."""
+"""The span observer: one span per task, child of the request that added it
+(``task_trace="child"``) or the root of a trace of its own linked to it (``"link"``).
+
+INTERNAL for tasks run in the process; a Celery task's send is a PRODUCER span
+(``bgtask send <task>``) and its run on a worker a CONSUMER span, child of the send."""
 
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ from .requests import PROVIDER_KEY
 from .setup import span_limits
 
 _INTERNAL = SpanKind.INTERNAL
+#: Span kind and name prefix per executor (messaging: the send and the worker's run).
+_KINDS = {c.EXECUTOR_BROKER: SpanKind.PRODUCER, c.EXECUTOR_CELERY: SpanKind.CONSUMER}
+_PREFIXES = {c.EXECUTOR_BROKER: c.SEND_SPAN_NAME_PREFIX}
 _logger = logging.getLogger("tasklens")
 
 
@@ -82,9 +88,9 @@ class SpanObserver(TaskObserver):
         ctx = trace.get_current_span(parent).get_span_context()
         return ctx.is_valid and not ctx.trace_flags.sampled
 
-    def _static(self, task: TaskRecord) -> tuple[str, dict[str, Any]]:
-        """Span name and start attributes of the task's callable, built once per task name
-        (cached on its identity)."""
+    def _static(self, task: TaskRecord) -> tuple[str, SpanKind, dict[str, Any]]:
+        """Span name, kind and start attributes of the task's callable, built once per task
+        name (cached on its identity)."""
         cached = task.identity.cache.get(self)
         if cached is None:
             identity = task.identity
@@ -95,13 +101,22 @@ class SpanObserver(TaskObserver):
             }
             if identity.name != c.OTHER_TASK:  # folded names share one identity
                 start.update(_code_location(task.func))
-            cached = task.identity.cache[self] = (c.SPAN_NAME_PREFIX + identity.name, start)
+            prefix = _PREFIXES.get(identity.executor, c.SPAN_NAME_PREFIX)
+            kind = _KINDS.get(identity.executor, _INTERNAL)
+            cached = task.identity.cache[self] = (prefix + identity.name, kind, start)
         return cached
 
     def _start(self, task: TaskRecord, start_time: int | None = None) -> tuple[trace.Span, int]:
         """The task's span, and how many arguments fell back to ``<unrepresentable T>``."""
-        name, static = self._static(task)
+        name, kind, static = self._static(task)
         attributes = {**static, c.ATTR_INDEX: task.index, c.ATTR_BATCH_SIZE: task.batch_size}
+        message = task.message
+        if message is not None:
+            attributes[c.ATTR_MESSAGING_SYSTEM] = message.system
+            attributes[c.ATTR_MESSAGING_OPERATION_TYPE] = message.operation
+            attributes[c.ATTR_MESSAGING_MESSAGE_ID] = message.message_id
+            if message.destination is not None:
+                attributes[c.ATTR_MESSAGING_DESTINATION_NAME] = message.destination
         fallbacks = 0
         if self._record_args:
             described = describe_args(task.args, task.kwargs, task.func)
@@ -115,11 +130,9 @@ class SpanObserver(TaskObserver):
             links = [Link(request)] if request.is_valid else None
             # A root span; the parent's other context values (baggage) are kept.
             root = trace.set_span_in_context(trace.INVALID_SPAN, parent)
-            span = tracer.start_span(
-                name, root, _INTERNAL, attributes, links, start_time=start_time
-            )
+            span = tracer.start_span(name, root, kind, attributes, links, start_time=start_time)
         else:
-            span = tracer.start_span(name, parent, _INTERNAL, attributes, start_time=start_time)
+            span = tracer.start_span(name, parent, kind, attributes, start_time=start_time)
         return span, fallbacks
 
     def started(self, task: TaskRecord) -> None:

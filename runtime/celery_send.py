@@ -1,0 +1,135 @@
+"""The web side of Celery (``instrument(app, celery=celery_app)``): a background task whose
+function is a task of that Celery app is sent to its broker where Starlette would have
+called it, instead of running in the web process.
+
+The send is a task of its own in the runtime (executor ``broker``): it runs in the thread
+pool (a publish is blocking network I/O), in order with the response's other tasks, and its
+outcome is the publish's: a broker that is down fails it like any task failure (counted,
+logged, the later tasks still run). The message carries the trace context current at the
+send (the send's span) and the wall-clock time of ``add_task``, for the worker's side
+(:mod:`.celery_worker`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import propagate
+
+from .context import current_task_var
+from .naming import TaskIdentity, TaskNamer
+from .outcomes import EXECUTOR_BROKER
+from .record import Message
+
+#: Message header: ``time.time_ns()`` at ``add_task``, in the web process.
+HEADER_ENQUEUED_NS = "tasklens_enqueued_ns"
+MESSAGING_SYSTEM = "celery"
+
+
+def require_celery_app(app: object) -> None:
+    """Raise ``TypeError`` unless ``app`` is a ``celery.Celery`` application (``ImportError``
+    naming the extra when Celery is not installed)."""
+    try:
+        from celery import Celery
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        raise ImportError(
+            "instrument(celery=...) needs Celery: pip install 'tasklens[celery]'"
+        ) from exc
+    if not isinstance(app, Celery):
+        raise TypeError(
+            f"instrument(): invalid celery={app!r}; expected a celery.Celery application"
+        )
+
+
+class CeleryDispatch:
+    """Decides which ``add_task`` functions go to the broker and prepares their sends."""
+
+    def __init__(self, app: Any) -> None:
+        require_celery_app(app)
+        from celery.app.task import Task
+
+        self.app = app
+        self._task_type = Task
+
+    def claim(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> CelerySend | None:
+        """The send of ``func`` when it is a task registered in this Celery app, else None.
+
+        Raises ``TypeError`` at ``add_task`` when an argument cannot be serialized by the
+        task's serializer, naming the argument (and nothing of its value)."""
+        if not isinstance(func, self._task_type):
+            return None
+        name = func.name
+        if not isinstance(name, str) or name not in self.app.tasks:
+            return None
+        serializer = func.serializer or self.app.conf.task_serializer
+        _check_serializable(func, name, serializer, args, kwargs)
+        queue = getattr(func, "queue", None) or self.app.conf.task_default_queue
+        return CelerySend(func, name, str(queue) if queue else None)
+
+
+class CelerySend:
+    """The callable a Celery-bound record runs: ``task.apply_async`` with tasklens headers.
+
+    ``__wrapped__`` is the task's own function, so code attributes point at the user's code."""
+
+    def __init__(self, task: Any, name: str, queue: str | None) -> None:
+        self.task = task
+        self.name = name
+        self.queue = queue
+        self.task_id = str(uuid.uuid4())
+        self.__wrapped__ = getattr(task, "run", task)
+
+    def identity(self, namer: TaskNamer) -> TaskIdentity:
+        run = self.__wrapped__
+        qualname = str(getattr(run, "__qualname__", self.name))
+        module = str(getattr(run, "__module__", "") or "")
+        return namer.identify_named(self.name, EXECUTOR_BROKER, qualname, module)
+
+    def message(self) -> Message:
+        return Message(MESSAGING_SYSTEM, "send", self.task_id, self.queue)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        record = current_task_var.get()
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # the send's span is current: the worker's parent
+        enqueued_ns = record.enqueued_ns if record is not None else time.time_ns()
+        headers[HEADER_ENQUEUED_NS] = str(enqueued_ns)
+        self.task.apply_async(args, kwargs, task_id=self.task_id, headers=headers)
+
+
+def _check_serializable(
+    task: Any, name: str, serializer: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    from kombu.serialization import dumps
+
+    labels = _argument_labels(task, args)
+    values = [*zip(labels, args, strict=True), *((repr(k), v) for k, v in kwargs.items())]
+    for label, value in values:
+        try:
+            dumps(value, serializer=serializer)
+        except Exception as exc:
+            raise TypeError(
+                f"add_task({name}): argument {label} (a {type(value).__name__}) cannot be "
+                f"serialized by Celery's {serializer!r} serializer ({type(exc).__name__}); "
+                "pass values the serializer supports (ids, not objects)"
+            ) from None
+
+
+def _argument_labels(task: Any, args: tuple[Any, ...]) -> list[str]:
+    """``'email'`` for a positional argument whose parameter name is known, else ``#0``."""
+    try:
+        parameters = list(inspect.signature(task.run).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    positional = [
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return [repr(positional[i]) if i < len(positional) else f"#{i}" for i in range(len(args))]
