@@ -39,8 +39,10 @@ WORKER_OPTIONS = frozenset(
 )
 
 
-class WorkerSetupError(RuntimeError):
-    """The worker cannot record its tasks as configured (raised at worker start)."""
+class WorkerSetupError(SystemExit):
+    """The worker cannot record its tasks as configured: raised at worker start, a
+    ``SystemExit`` carrying the message (Celery logs and ignores exceptions of signal
+    handlers; this one stops the worker, its message printed)."""
 
 
 class CeleryWorker:

@@ -1,0 +1,410 @@
+"""Celery end to end: the issue's example app under a real uvicorn, a real redis-server
+broker, real ``celery -A ... worker`` processes (prefork with 2 processes, and solo) and the
+OTLP receiver. Counts are asserted exactly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.celery_worker import celery_worker
+from tests.support.metrics import Samples, scrape, try_scrape
+from tests.support.net import free_port
+from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
+from tests.support.polling import wait_for
+from tests.support.redis_server import RedisServer
+from tests.support.server import ServerProcess, clean_env
+
+pytestmark = pytest.mark.timeout(240)
+
+TASKS = "tests.e2e.apps.celery_tasks"
+NOTIFY = f"{TASKS}.write_notification"
+PAY = f"{TASKS}.capture_payment"
+REPORT = f"{TASKS}.slow_report"
+AUDIT = "tests.e2e.apps.celery_web.audit"
+SERVER, PRODUCER, CONSUMER = 2, 4, 5  # OTLP span kinds
+STATUS_ERROR = 2
+
+
+@dataclass
+class Shop:
+    """Redis, the web app and (started by the test) a worker, all on loopback."""
+
+    tmp: Path
+    rx: OTLPReceiver
+    redis: RedisServer
+    outbox: Path
+    web: ServerProcess | None = None
+    worker: ServerProcess | None = None
+    workers: list[ServerProcess] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_env(
+            SHOP_BROKER_URL=self.redis.url,
+            SHOP_OUTBOX=str(self.outbox),
+            OTEL_EXPORTER_OTLP_ENDPOINT=self.rx.http_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_METRICS_EXPORTER="none",
+            **extra,
+        )
+
+    def start_web(self) -> ServerProcess:
+        port = free_port()
+        self.web = ServerProcess.uvicorn(
+            "tests.e2e.apps.celery_web:app", self.env(), self.tmp / "web.log", port
+        ).start()
+        self.web.wait_ready("/health")
+        return self.web
+
+    def start_worker(self, pool: str = "prefork", concurrency: int = 2) -> ServerProcess:
+        port = free_port()
+        extra = {"SHOP_WORKER_METRICS_PORT": str(port)}
+        if pool == "prefork":
+            extra["PROMETHEUS_MULTIPROC_DIR"] = str(self.tmp / f"worker-metrics-{port}")
+        log = self.tmp / f"worker-{port}.log"
+        self.worker = celery_worker(TASKS, self.env(**extra), log, port, pool, concurrency)
+        self.workers.append(self.worker.start())
+        self.worker.wait_ready("/metrics")
+        wait_for(lambda: "ready." in self.worker_log(), 30, "the worker's ready line")
+        return self.worker
+
+    def worker_log(self) -> str:
+        return self.worker.log_text() if self.worker is not None else ""
+
+    def post(self, path: str) -> httpx.Response:
+        assert self.web is not None
+        return httpx.post(self.web.base_url + path, timeout=10)
+
+    def web_metrics(self) -> Samples:
+        assert self.web is not None
+        with httpx.Client(base_url=self.web.base_url, timeout=5) as client:
+            return scrape(client)
+
+    def worker_metrics(self) -> Samples:
+        assert self.worker is not None
+        with httpx.Client(base_url=self.worker.base_url, timeout=5) as client:
+            return try_scrape(client)
+
+    def lines(self, name: str) -> list[str]:
+        path = self.outbox / name
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Shop]:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    with OTLPReceiver() as rx, RedisServer(tmp_path / "redis") as redis:
+        stack = Shop(tmp_path, rx, redis, outbox)
+        try:
+            stack.start_web()
+            yield stack
+        finally:
+            for worker in stack.workers:
+                worker.stop(timeout=10)
+            if stack.web is not None:
+                stack.web.stop()
+
+
+def spans_named(rx: OTLPReceiver, name: str, kind: int) -> list[ReceivedSpan]:
+    return [s for s in rx.spans() if s.name == name and s.kind == kind]
+
+
+def trace_id_of(line: str) -> str:
+    """The trace id of a log line, JSON (``"trace_id": "..."``) or key=value."""
+    match = re.search(r'trace_id"?[=:] ?"?([0-9a-f]{32})', line)
+    assert match is not None, line
+    return match.group(1)
+
+
+def lost(samples: Samples) -> float:
+    """What the BgTaskLost rule computes for one instance."""
+    return (
+        samples.total("bgtask_enqueued_total")
+        - samples.total("bgtask_finished_total")
+        - samples.total("bgtask_pending")
+        - samples.total("bgtask_in_progress")
+    )
+
+
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("solo", 1)])
+def test_requests_run_on_the_worker_in_the_requests_traces(
+    shop: Shop, pool: str, concurrency: int
+) -> None:
+    worker = shop.start_worker(pool, concurrency)
+    n = 12
+    for i in range(n):
+        response = shop.post(f"/send-notification/user{i}@example.com")
+        assert response.status_code == 200
+        assert response.json() == {"message": "Notification sent in the background"}
+
+    wait_for(lambda: len(shop.lines("notifications.log")) == n, 30, "12 runs on the worker")
+    wait_for(lambda: len(shop.lines("audit.log")) == n, 10, "12 in-process audits")
+    assert shop.web is not None and shop.web.proc is not None and worker.proc is not None
+    run_pids = {int(line.split()[0]) for line in shop.lines("notifications.log")}
+    audit_pids = {int(line.split()[0]) for line in shop.lines("audit.log")}
+    assert audit_pids == {shop.web.proc.pid}  # every other task still runs in the web process
+    assert shop.web.proc.pid not in run_pids
+    if pool == "solo":
+        assert run_pids == {worker.proc.pid}
+    else:
+        assert worker.proc.pid not in run_pids  # the pool's processes, not the main one
+
+    def worker_done() -> Samples | None:
+        s = shop.worker_metrics()
+        done = s.value("bgtask_finished_total", task=NOTIFY, executor="celery", outcome="success")
+        return s if done == n else None
+
+    w = wait_for(worker_done, 20, "the worker's /metrics to count 12 runs")
+    assert w.value("bgtask_enqueued_total", task=NOTIFY) == n
+    assert w.total("bgtask_finished_total") == n
+    assert w.total("bgtask_in_progress") == 0
+    assert w.total("bgtask_failures_total") == 0
+    assert w.value("bgtask_queue_seconds_count", task=NOTIFY, executor="celery") == n
+    assert (
+        w.value("bgtask_duration_seconds_count", task=NOTIFY, executor="celery", outcome="success")
+        == n
+    )
+    assert lost(w) == 0
+
+    web = shop.web_metrics()
+    assert (
+        web.value("bgtask_finished_total", task=NOTIFY, executor="broker", outcome="success") == n
+    )
+    assert (
+        web.value("bgtask_finished_total", task=AUDIT, executor="thread_pool", outcome="success")
+        == n
+    )
+    assert web.total("bgtask_finished_total") == 2 * n
+    assert lost(web) == 0
+
+    consumers = wait_for(
+        lambda: len(c := spans_named(shop.rx, f"bgtask {NOTIFY}", CONSUMER)) == n and c,
+        20,
+        "12 worker spans",
+    )
+    wait_for(
+        lambda: len(spans_named(shop.rx, f"bgtask send {NOTIFY}", PRODUCER)) == n,
+        20,
+        "12 send spans",
+    )
+    by_id = {s.span_id: s for s in shop.rx.spans()}
+    traces = set()
+    for consumer in consumers:
+        send = by_id[consumer.parent_span_id]
+        assert (send.name, send.kind) == (f"bgtask send {NOTIFY}", PRODUCER)
+        request = by_id[send.parent_span_id]
+        assert (request.kind, request.attributes["http.route"]) == (
+            SERVER,
+            "/send-notification/{email}",
+        )
+        assert consumer.trace_id == send.trace_id == request.trace_id
+        assert consumer.resource["service.name"] == "shop-worker"
+        assert send.resource["service.name"] == "shop-web"
+        message_id = consumer.attributes["messaging.message.id"]
+        assert send.attributes["messaging.message.id"] == message_id
+        assert consumer.attributes["messaging.operation.type"] == "process"
+        assert send.attributes["messaging.operation.type"] == "send"
+        assert consumer.attributes["bgtask.executor"] == "celery"
+        assert send.attributes["bgtask.executor"] == "broker"
+        assert consumer.attributes["bgtask.outcome"] == "success"
+        traces.add(consumer.trace_id)
+    assert len(traces) == n
+
+    # Logs inside worker tasks carry the task's trace and task name, as in-process ones.
+    logged = [line for line in shop.worker_log().splitlines() if "notification written" in line]
+    assert len(logged) == n
+    assert {trace_id_of(line) for line in logged} == traces
+    assert all(NOTIFY in line for line in logged)
+
+
+def test_queue_time_runs_from_add_task_to_the_worker_start(shop: Shop) -> None:
+    """The worker is held off: its queue time includes the wait, measured across processes."""
+    n, hold = 3, 0.5
+    first = time.time()
+    for i in range(n):
+        assert shop.post(f"/send-notification/held{i}@example.com").status_code == 200
+    wait_for(
+        lambda: (
+            shop.web_metrics().value(
+                "bgtask_finished_total", task=NOTIFY, executor="broker", outcome="success"
+            )
+            == n
+        ),
+        10,
+        "3 sends",
+    )
+    last_sent = time.time()
+    time.sleep(hold)
+    assert shop.lines("notifications.log") == []
+    shop.start_worker("solo", 1)
+    wait_for(lambda: len(shop.lines("notifications.log")) == n, 30, "3 runs")
+    done = time.time()
+    consumers = wait_for(
+        lambda: len(c := spans_named(shop.rx, f"bgtask {NOTIFY}", CONSUMER)) == n and c,
+        20,
+        "3 worker spans",
+    )
+    for consumer in consumers:
+        queued = float(consumer.attributes["bgtask.queue_seconds"])  # type: ignore[arg-type]
+        assert hold + (last_sent - first) * 0 <= queued <= done - first, queued
+    samples = wait_for(
+        lambda: (
+            (s := shop.worker_metrics()).value(
+                "bgtask_queue_seconds_count", task=NOTIFY, executor="celery"
+            )
+            == n
+            and s
+        ),
+        10,
+        "3 queue times",
+    )
+    total = samples.value("bgtask_queue_seconds_sum", task=NOTIFY, executor="celery")
+    assert n * hold <= total <= n * (done - first)
+    # Not in the 0.5 s bucket or below: each waited longer than the hold.
+    assert (
+        samples.value("bgtask_queue_seconds_bucket", task=NOTIFY, executor="celery", le="0.5") == 0
+    )
+    assert samples.total("bgtask_clock_skew_total") == 0
+
+
+def test_failing_celery_task_counted_by_exception_class_on_the_worker(shop: Shop) -> None:
+    shop.start_worker("prefork", 2)
+    n = 4
+    for order in range(n):
+        assert shop.post(f"/pay/{order}").status_code == 200
+    exception = f"{TASKS}.PaymentDeclinedError"
+    w = wait_for(
+        lambda: (
+            (s := shop.worker_metrics()).value(
+                "bgtask_failures_total", task=PAY, exception=exception
+            )
+            == n
+            and s
+        ),
+        30,
+        "4 failures on the worker",
+    )
+    assert w.value("bgtask_finished_total", task=PAY, executor="celery", outcome="failure") == n
+    assert w.value("bgtask_finished_total", task=PAY, executor="celery", outcome="success") == 0
+    web = shop.web_metrics()
+    # The sends succeeded: the failure is the run's, counted where it ran.
+    assert web.value("bgtask_finished_total", task=PAY, executor="broker", outcome="success") == n
+    assert web.total("bgtask_failures_total") == 0
+    consumers = wait_for(
+        lambda: len(c := spans_named(shop.rx, f"bgtask {PAY}", CONSUMER)) == n and c, 20, "spans"
+    )
+    for span in consumers:
+        assert span.status_code == STATUS_ERROR
+        assert span.attributes["error.type"] == exception
+        assert span.attributes["bgtask.outcome"] == "failure"
+        events = dict(span.events)
+        assert events["exception"]["exception.type"] == exception
+    failed = [line for line in shop.worker_log().splitlines() if "background task failed" in line]
+    assert len(failed) == n
+    assert {trace_id_of(line) for line in failed} == {s.trace_id for s in consumers}
+
+
+def test_broker_down_is_a_counted_failure_of_the_send_and_the_app_keeps_answering(
+    shop: Shop,
+) -> None:
+    shop.start_worker("solo", 1)
+    assert shop.post("/send-notification/before@example.com").status_code == 200
+    wait_for(lambda: len(shop.lines("notifications.log")) == 1, 30, "the first run")
+
+    shop.redis.stop()
+    n = 5
+    for i in range(n):
+        response = shop.post(f"/send-notification/down{i}@example.com")
+        assert response.status_code == 200, response.text
+    assert httpx.get(shop.web.base_url + "/health", timeout=5).status_code == 200  # type: ignore[union-attr]
+    wait_for(lambda: len(shop.lines("audit.log")) == 1 + n, 30, "the in-process tasks")
+    broker_error = "kombu.exceptions.OperationalError"
+    web = wait_for(
+        lambda: (
+            (s := shop.web_metrics()).value(
+                "bgtask_failures_total", task=NOTIFY, exception=broker_error
+            )
+            == n
+            and s
+        ),
+        60,
+        "5 failed sends",
+    )
+    assert (
+        web.value("bgtask_finished_total", task=NOTIFY, executor="broker", outcome="failure") == n
+    )
+    assert (
+        web.value("bgtask_finished_total", task=NOTIFY, executor="broker", outcome="success") == 1
+    )
+    assert (
+        web.value("bgtask_finished_total", task=AUDIT, executor="thread_pool", outcome="success")
+        == 1 + n
+    )
+    assert lost(web) == 0  # nothing else lost: every task has its outcome
+    assert shop.web is not None
+    failed = [line for line in shop.web.log_text().splitlines() if "background task failed" in line]
+    assert len(failed) == n
+    assert all(broker_error in line for line in failed)
+
+    shop.redis.start()  # the broker is back: sends succeed again and the worker runs them
+    assert shop.post("/send-notification/after@example.com").status_code == 200
+    wait_for(lambda: len(shop.lines("notifications.log")) == 2, 60, "the run after recovery")
+    web = shop.web_metrics()
+    assert (
+        web.value("bgtask_finished_total", task=NOTIFY, executor="broker", outcome="success") == 2
+    )
+    assert len(shop.lines("notifications.log")) == 2  # the failed sends never ran
+
+
+def test_worker_process_killed_mid_task_shows_as_lost(shop: Shop) -> None:
+    shop.start_worker("prefork", 2)
+    assert shop.post("/report?seconds=120").status_code == 200
+    started = wait_for(lambda: list(shop.outbox.glob("slow-*.started")), 30, "the slow task")
+    pid = int(started[0].name.split("-")[1].split(".")[0])
+    running = wait_for(
+        lambda: (
+            (s := shop.worker_metrics()).value("bgtask_in_progress", task=REPORT, executor="celery")
+            == 1
+            and s
+        ),
+        10,
+        "the task in progress",
+    )
+    assert lost(running) == 0
+    os.kill(pid, signal.SIGKILL)
+    w = wait_for(
+        lambda: (
+            (s := shop.worker_metrics()).value("bgtask_in_progress", task=REPORT, executor="celery")
+            == 0
+            and s
+        ),
+        20,
+        "the dead process's gauge dropped",
+    )
+    assert w.value("bgtask_enqueued_total", task=REPORT) == 1
+    assert w.total("bgtask_finished_total", task=REPORT) == 0
+    assert lost(w) == 1
+
+
+def test_prefork_without_a_multiprocess_directory_stops_the_worker_naming_it(
+    shop: Shop,
+) -> None:
+    port = free_port()
+    env = shop.env(SHOP_WORKER_METRICS_PORT=str(port))
+    worker = celery_worker(TASKS, env, shop.tmp / "bad-worker.log", port, "prefork", 2)
+    with worker:
+        assert worker.proc is not None
+        assert worker.proc.wait(60) != 0
+    log = worker.log_text()
+    assert "PROMETHEUS_MULTIPROC_DIR" in log
+    assert "--pool solo" in log
