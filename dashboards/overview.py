@@ -28,7 +28,9 @@ def build(params: Params) -> dashboard_m.Dashboard:
         (
             "Throughput and failures",
             [
-                panels.throughput(("task", "outcome"), "Throughput by task and outcome"),
+                panels.throughput(
+                    ("task", "executor", "outcome"), "Throughput by task and outcome"
+                ),
                 panels.enqueued_vs_finished(),
                 panels.failure_ratio(("task",), params.failure_ratio),
                 panels.top_failures_table(),

@@ -274,21 +274,31 @@ def _quantile_queries(
 # --- Summary stats --------------------------------------------------------------------------
 
 
+#: Counts of finished tasks are shown per executor: a Celery task finishes twice in a job,
+#: as its send in the web process (``broker``) and as its run on a worker (``celery``).
+EXECUTOR = ("executor",)
+#: Executors that run a task's function (a Celery task's send is not a run of it).
+RUNS = f'executor!="{contract.EXECUTOR_BROKER}"'
+
+
 def finished_per_second_stat(title: str = "Tasks finished / s") -> PanelBuilder:
     return stat_panel(
         title,
-        "How many background tasks finish per second, whatever their outcome?",
-        Query(_finished_rate(())),
+        "How many background tasks finish per second, whatever their outcome, per executor "
+        "(a Celery task counts as its send, broker, and its run, celery)?",
+        Query(_finished_rate(EXECUTOR), _legend(EXECUTOR)),
         "ops",
     )
 
 
 def enqueued_per_second_stat() -> PanelBuilder:
-    expr = sum_by((), rate(series(contract.ENQUEUED, *TASK_SCOPE), WINDOW))
+    by = ("instance",)
+    expr = sum_by(by, rate(series(contract.ENQUEUED, *TASK_SCOPE), WINDOW))
     return stat_panel(
         "Enqueued / s",
-        "How many background tasks are added to responses per second?",
-        Query(expr),
+        "How many background tasks are added per second, per instance (a web process's "
+        "add_task; a Celery worker's received task)?",
+        Query(expr, _legend(by)),
         "ops",
     )
 
@@ -296,9 +306,9 @@ def enqueued_per_second_stat() -> PanelBuilder:
 def failure_ratio_stat(threshold: float) -> PanelBuilder:
     return stat_panel(
         "Failure ratio",
-        "What fraction of finished tasks failed (raised an exception)? "
-        "Red from the alert threshold.",
-        Query(_failure_ratio(())),
+        "What fraction of finished tasks failed (raised an exception), per executor (a "
+        "Celery task's sends, broker, and runs, celery, apart)? Red from the alert threshold.",
+        Query(_failure_ratio(EXECUTOR), _legend(EXECUTOR)),
         "percentunit",
         warn=threshold,
     )
@@ -360,24 +370,33 @@ def throughput(by: Sequence[str], title: str) -> PanelBuilder:
 
 
 def enqueued_vs_finished() -> PanelBuilder:
-    enqueued = sum_by((), rate(series(contract.ENQUEUED, *TASK_SCOPE), WINDOW))
+    by = ("instance",)
+    enqueued = sum_by(by, rate(series(contract.ENQUEUED, *TASK_SCOPE), WINDOW))
     return timeseries_panel(
         "Enqueued vs finished",
-        "Are tasks finishing as fast as they are added? A lasting gap means a growing backlog.",
-        [Query(enqueued, "enqueued"), Query(_finished_rate(()), "finished")],
+        "Are tasks finishing as fast as they are added, in each process (a web process's "
+        "sends and a Celery worker's runs balance separately)? A lasting gap means a growing "
+        "backlog.",
+        [
+            Query(enqueued, _legend(by, "enqueued")),
+            Query(_finished_rate(by), _legend(by, "finished")),
+        ],
         "ops",
     )
 
 
 def failure_ratio(by: Sequence[str], threshold: float) -> PanelBuilder:
+    """One series per ``by`` and executor (the alert's grouping); titled by ``by``."""
     title, question = (
         (f"Failure ratio by {', '.join(by)}", "Which tasks fail, and what fraction of their runs?")
         if by
         else ("Failure ratio over time", "What fraction of the runs fail, and since when?")
     )
+    by = (*by, *EXECUTOR)
     return timeseries_panel(
         title,
-        f"{question} The dashed line is the BgTaskFailureRatioHigh threshold.",
+        f"{question} One series per executor; the dashed line is the BgTaskFailureRatioHigh "
+        "threshold.",
         [Query(_failure_ratio(by), _legend(by, "failure ratio"))],
         "percentunit",
         threshold=threshold,
@@ -408,23 +427,26 @@ def top_failures_table(title: str = "Top failing tasks and exception types") -> 
 # --- Latency --------------------------------------------------------------------------------
 
 
-def duration_quantiles() -> PanelBuilder:
+def duration_quantiles(by: Sequence[str] = ()) -> PanelBuilder:
     return timeseries_panel(
         "Duration p50 / p95 / p99",
-        "How long do task functions run, start to end? Exemplars link to the slow runs' traces.",
-        _quantile_queries(contract.DURATION_SECONDS, TASK_SCOPE),
+        "How long do task functions run, start to end? Exemplars link to the slow runs' traces."
+        + (f" Per {', '.join(by)}." if by else ""),
+        _quantile_queries(contract.DURATION_SECONDS, TASK_SCOPE, by),
         "s",
     )
 
 
 def duration_p95_by(label: str) -> PanelBuilder:
+    """Per ``label`` and executor (a Celery task's send and run are different durations)."""
+    by = (label, *EXECUTOR)
     return timeseries_panel(
         f"Duration p95 by {label}",
-        f"Which {label} is slow? 95th percentile run time per {label}.",
+        f"Which {label} is slow? 95th percentile run time per {label} and executor.",
         [
             Query(
-                quantile(0.95, contract.DURATION_SECONDS, TASK_SCOPE, (label,), WINDOW),
-                _legend((label,)),
+                quantile(0.95, contract.DURATION_SECONDS, TASK_SCOPE, by, WINDOW),
+                _legend(by),
                 True,
             )
         ],
@@ -441,23 +463,24 @@ def duration_heatmap() -> PanelBuilder:
     )
 
 
-def queue_quantiles(threshold: float) -> PanelBuilder:
+def queue_quantiles(threshold: float, by: Sequence[str] = ()) -> PanelBuilder:
     return timeseries_panel(
         "Queue time p50 / p95 / p99",
         "How long do tasks wait between add_task and the start of the function (response "
-        "sending, earlier tasks, thread-pool wait)? The dashed line is the BgTaskQueueTimeHigh "
-        "threshold.",
-        _quantile_queries(contract.QUEUE_SECONDS, TASK_SCOPE),
+        "sending, earlier tasks, thread-pool wait; on a Celery worker, from add_task in the "
+        "web process)? The dashed line is the BgTaskQueueTimeHigh threshold."
+        + (f" Per {', '.join(by)}." if by else ""),
+        _quantile_queries(contract.QUEUE_SECONDS, TASK_SCOPE, by),
         "s",
         threshold=threshold,
     )
 
 
 def queue_p95_by_task() -> PanelBuilder:
-    by = ("task",)
+    by = ("task", *EXECUTOR)
     return timeseries_panel(
         "Queue time p95 by task",
-        "Which tasks wait longest before they start?",
+        "Which tasks wait longest before they start (per executor, as BgTaskQueueTimeHigh)?",
         [
             Query(
                 quantile(0.95, contract.QUEUE_SECONDS, TASK_SCOPE, by, WINDOW),
@@ -515,11 +538,14 @@ def threadpool_tokens() -> PanelBuilder:
 
 
 def executor_share() -> PanelBuilder:
-    by = ("executor",)
-    expr = f"{_finished_rate(by)}\n/ ignoring(executor) group_left\n{_finished_rate(())}"
+    by = EXECUTOR
+    expr = (
+        f"{_finished_rate(by, RUNS)}\n/ ignoring(executor) group_left\n{_finished_rate((), RUNS)}"
+    )
     return timeseries_panel(
         "Event loop vs thread pool share",
-        "Where do tasks run: on the event loop (async def) or in the thread pool (def)?",
+        "Where do tasks run: on the event loop (async def), in the thread pool (def) or on a "
+        "Celery worker? Sends to the broker are not runs and are left out.",
         [Query(expr, _legend(by))],
         "percentunit",
         stacking=common.StackingMode.NORMAL,

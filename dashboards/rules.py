@@ -21,32 +21,38 @@ Rule = dict[str, object]
 
 #: Windows of the multi-window, multi-burn-rate SLO alerts (Google SRE workbook, chapter 5).
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
-#: Recording rules aggregate to one series per job and task.
-BY = ("job", "task")
+#: Recording rules aggregate to one series per job, task and executor: a Celery task is
+#: finished twice in a job, as its send (``broker``, web process) and as its run (``celery``,
+#: worker), and a failing run must not be diluted by its successful send.
+BY = ("job", "task", "executor")
+#: ``and on (...)`` matching of two recorded or aggregated per-task series.
+ON = f"on ({', '.join(BY)})"
+#: Prefix of the recorded names (Prometheus' level:metric:operations convention).
+LEVEL = "job_task_executor"
 
 
 def finished_rate(window: str) -> str:
-    """Name of the recorded per-task rate of finished tasks (any outcome)."""
-    return f"job_task:{contract.FINISHED.name}:rate{window}"
+    """Name of the recorded per-task, per-executor rate of finished tasks (any outcome)."""
+    return f"{LEVEL}:{contract.FINISHED.name}:rate{window}"
 
 
 def failed_rate(window: str) -> str:
-    """Name of the recorded per-task rate of failed tasks."""
-    return f"job_task:{contract.FINISHED.name}_{contract.OUTCOME_FAILURE}:rate{window}"
+    """Name of the recorded per-task, per-executor rate of failed tasks."""
+    return f"{LEVEL}:{contract.FINISHED.name}_{contract.OUTCOME_FAILURE}:rate{window}"
 
 
 def failure_ratio(window: str) -> str:
-    """Name of the recorded per-task failure ratio (failed / finished)."""
-    return f"job_task:bgtask_failure_ratio:rate{window}"
+    """Name of the recorded per-task, per-executor failure ratio (failed / finished)."""
+    return f"{LEVEL}:bgtask_failure_ratio:rate{window}"
 
 
 def burn_rate(window: str) -> str:
     """Name of the recorded error-budget burn rate (failure ratio / (1 - SLO))."""
-    return f"job_task:bgtask_error_budget_burn:rate{window}"
+    return f"{LEVEL}:bgtask_error_budget_burn:rate{window}"
 
 
 def finished_rate_expr(params: Params, window: str, *matchers: str) -> str:
-    """``sum by (job, task) (rate(bgtask_finished_total{job=...}[window]))``."""
+    """``sum by (job, task, executor) (rate(bgtask_finished_total{job=...}[window]))``."""
     selector = series(contract.FINISHED, eq("job", params.job), *matchers)
     return sum_by(BY, rate(selector, window))
 
@@ -152,6 +158,11 @@ def dashboard_url(params: Params, labels: tuple[str, ...]) -> str:
     return f"{params.grafana_url.rstrip('/')}/d/{uid}?{query}"
 
 
+#: How a per-task alert names the executor: ``celery`` is a worker's run, ``broker`` the web
+#: process's send of a Celery task.
+EXECUTOR = "executor {{ $labels.executor }}"
+
+
 def _num(value: float) -> str:
     return f"{value:g}"
 
@@ -166,7 +177,7 @@ def failure_ratio_high(p: Params) -> Alert:
     finished = finished_rate_expr(p, w)
     expr = (
         f"(\n  {failed_rate_expr(p, w)}\n/\n  {finished}\n) > {_num(p.failure_ratio)}\n"
-        f"and on (job, task)\n  {finished} > {_num(p.failure_min_rate)}"
+        f"and {ON}\n  {finished} > {_num(p.failure_min_rate)}"
     )
     return Alert(
         "BgTaskFailureRatioHigh",
@@ -174,9 +185,10 @@ def failure_ratio_high(p: Params) -> Alert:
         p.failure_for,
         CRITICAL,
         "Background task {{ $labels.task }} is failing",
-        f"{{{{ $value | humanizePercentage }}}} of the runs of {{{{ $labels.task }}}} in job "
-        f"{{{{ $labels.job }}}} failed over the last {w} (threshold {_pct(p.failure_ratio)}, "
-        f"while more than {_num(p.failure_min_rate)} tasks/s finish).",
+        f"{{{{ $value | humanizePercentage }}}} of the runs of {{{{ $labels.task }}}} "
+        f"({EXECUTOR}) in job {{{{ $labels.job }}}} failed over the last {w} "
+        f"(threshold {_pct(p.failure_ratio)}, while more than {_num(p.failure_min_rate)} "
+        "tasks/s finish).",
         ("job", "task"),
     )
 
@@ -190,7 +202,7 @@ def _burn_expr(pairs: tuple[tuple[str, str, float], ...], min_rate: float | None
         ]
         if min_rate is not None:
             terms.append(f"{finished_rate(short)} > {_num(min_rate)}")
-        branches.append("(\n  " + "\n  and on (job, task)\n  ".join(terms) + "\n)")
+        branches.append("(\n  " + f"\n  and {ON}\n  ".join(terms) + "\n)")
     return "\nor\n".join(branches)
 
 
@@ -206,8 +218,8 @@ def error_budget_burn_fast(p: Params) -> Alert:
         "2m",
         CRITICAL,
         "Background task {{ $labels.task }} burns its error budget fast",
-        f"{{{{ $labels.task }}}} in job {{{{ $labels.job }}}} fails {{{{ $value | humanize }}}} "
-        f"times faster than its {_pct(p.slo)} success SLO allows "
+        f"{{{{ $labels.task }}}} ({EXECUTOR}) in job {{{{ $labels.job }}}} fails "
+        f"{{{{ $value | humanize }}}} times faster than its {_pct(p.slo)} success SLO allows "
         f"({_burn_windows(FAST_BURN)}).",
         ("job", "task"),
     )
@@ -221,8 +233,8 @@ def error_budget_burn_slow(p: Params) -> Alert:
         "15m",
         WARNING,
         "Background task {{ $labels.task }} burns its error budget",
-        f"{{{{ $labels.task }}}} in job {{{{ $labels.job }}}} fails {{{{ $value | humanize }}}} "
-        f"times faster than its {_pct(p.slo)} success SLO allows "
+        f"{{{{ $labels.task }}}} ({EXECUTOR}) in job {{{{ $labels.job }}}} fails "
+        f"{{{{ $value | humanize }}}} times faster than its {_pct(p.slo)} success SLO allows "
         f"({_burn_windows(SLOW_BURN)}).",
         ("job", "task"),
     )
@@ -230,15 +242,15 @@ def error_budget_burn_slow(p: Params) -> Alert:
 
 def queue_time_high(p: Params) -> Alert:
     """Tasks wait long between add_task and their start."""
-    p95 = quantile(0.95, contract.QUEUE_SECONDS, [eq("job", p.job)], ("job", "task"), "5m")
+    p95 = quantile(0.95, contract.QUEUE_SECONDS, [eq("job", p.job)], BY, "5m")
     return Alert(
         "BgTaskQueueTimeHigh",
         f"{p95}\n> {_num(p.queue_p95_seconds)}",
         p.queue_for,
         WARNING,
         "Background task {{ $labels.task }} waits long before it starts",
-        f"95% of {{{{ $labels.task }}}} runs in job {{{{ $labels.job }}}} started within "
-        f"{{{{ $value | humanizeDuration }}}} of add_task over the last 5m "
+        f"95% of {{{{ $labels.task }}}} runs ({EXECUTOR}) in job {{{{ $labels.job }}}} "
+        f"started within {{{{ $value | humanizeDuration }}}} of add_task over the last 5m "
         f"(threshold {_num(p.queue_p95_seconds)}s).",
         ("job", "task"),
     )

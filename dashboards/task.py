@@ -35,7 +35,7 @@ def build(params: Params) -> dashboard_m.Dashboard:
         (
             "Duration",
             [
-                panels.duration_quantiles(),
+                panels.duration_quantiles(panels.EXECUTOR),
                 panels.duration_p95_by("outcome"),
                 panels.duration_heatmap(),
             ],
@@ -43,7 +43,7 @@ def build(params: Params) -> dashboard_m.Dashboard:
         (
             "Queue time",
             [
-                panels.queue_quantiles(params.queue_p95_seconds),
+                panels.queue_quantiles(params.queue_p95_seconds, panels.EXECUTOR),
                 panels.queue_heatmap(),
                 panels.threadpool_wait(),
             ],

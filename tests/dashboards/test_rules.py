@@ -122,8 +122,23 @@ def test_rules_only_use_contract_metrics() -> None:
 def test_recording_rules_cover_every_burn_window() -> None:
     recorded = {rule["record"] for rule in rule_groups()[0]["rules"]}
     for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
-        assert f"job_task:bgtask_failure_ratio:rate{window}" in recorded
-        assert f"job_task:bgtask_error_budget_burn:rate{window}" in recorded
+        assert f"job_task_executor:bgtask_failure_ratio:rate{window}" in recorded
+        assert f"job_task_executor:bgtask_error_budget_burn:rate{window}" in recorded
+
+
+def test_per_task_rules_keep_executors_apart() -> None:
+    """A Celery task finishes as its send (broker) and as its run (celery) in one job: every
+    per-task aggregation and matching keeps the executor, or the sends dilute the runs."""
+    for group in rule_groups():
+        for rule in group["rules"]:
+            name = rule.get("record") or rule["alert"]
+            expr = rule["expr"]
+            for by in re.findall(r"\bsum by \(([^)]*)\)", expr):
+                labels = {label.strip() for label in by.split(",")}
+                if "task" in labels:
+                    assert "executor" in labels, (name, by)
+            for on in re.findall(r"\bon \(([^)]*)\)", expr):
+                assert {label.strip() for label in on.split(",")} >= {"task", "executor"}, name
 
 
 def test_prometheus_rule_wraps_the_rules_file() -> None:
