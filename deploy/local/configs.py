@@ -34,19 +34,21 @@ def render_prometheus_config(
     *,
     app_target: str,
     alertmanager: str,
+    extra_targets: Sequence[str] = (),
     rules: Sequence[Path | str] = DEFAULT_RULES,
     job: str = "tasklens",
     scrape_interval: str = "5s",
     evaluation_interval: str = "5s",
     metrics_path: str = "/metrics",
 ) -> str:
-    """prometheus.yml scraping ``app_target`` (host:port) as ``job`` and alerting to
-    ``alertmanager`` (host:port); ``rules`` should be absolute paths."""
+    """prometheus.yml scraping ``app_target`` (host:port) and ``extra_targets`` (e.g. a Celery
+    worker's metrics port) as ``job`` and alerting to ``alertmanager`` (host:port); ``rules``
+    should be absolute paths."""
     timeout = scrape_interval if _seconds(scrape_interval) <= 10 else "10s"
     return render_template(
         PROMETHEUS_TEMPLATE,
         {
-            "APP_TARGET": app_target,
+            "TARGETS": json.dumps([app_target, *extra_targets]),
             "ALERTMANAGER": alertmanager,
             "RULES": json.dumps([str(rule) for rule in rules]),
             "JOB": job,

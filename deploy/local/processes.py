@@ -101,6 +101,31 @@ def wait_until_ready(url: str, *, timeout: float = 30.0, process: Process | None
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last_error}){tail}")
 
 
+def redis_answers(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a Redis server on ``host:port`` answers ``PING``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def wait_until_redis(port: int, *, timeout: float = 30.0, process: Process | None = None) -> None:
+    """Poll until Redis answers on ``port``; fail early, with its log, if ``process`` dies."""
+    deadline = time.monotonic() + timeout
+    while not redis_answers(port):
+        if process is not None and not process.alive():
+            raise RuntimeError(
+                f"{process.name} exited with {process.popen.returncode} before answering on "
+                f"port {port}:\n{process.log_tail()}"
+            )
+        if time.monotonic() >= deadline:
+            tail = f"\n{process.log_tail()}" if process is not None else ""
+            raise TimeoutError(f"redis not answering on port {port} after {timeout:.0f}s{tail}")
+        time.sleep(0.1)
+
+
 def stop_process(process: Process, timeout: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL it if it has not exited within ``timeout``."""
     if not process.alive():
@@ -144,3 +169,34 @@ def alertmanager_argv(binary: str, config: Path, *, port: int, data_dir: Path) -
         "--cluster.listen-address=",
         f"--storage.path={data_dir}",
     ]
+
+
+def redis_argv(binary: str, *, port: int, data_dir: Path) -> list[str]:
+    """Redis on loopback as a throwaway broker: no persistence, protected mode on."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        LOOPBACK,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+        "--protected-mode",
+        "yes",
+    ]
+
+
+def celery_worker_argv(
+    python: str, module: str, *, pool: str = "prefork", concurrency: int = 2, hostname: str
+) -> list[str]:
+    """``celery -A module worker`` run by ``python`` (no gossip, mingle or heartbeats: one
+    worker, nothing to synchronise with)."""
+    return [
+        python, "-m", "celery", "-A", module, "worker", "--pool", pool,
+        "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", hostname,
+        "--without-heartbeat", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip

@@ -1,6 +1,8 @@
-"""Run the demo app, Prometheus and Alertmanager on loopback, with the repository's rules.
+"""Run the demo app, Prometheus and Alertmanager on loopback, with the repository's rules;
+and, for Celery, Redis, a Celery worker and the Celery demo's web app (tasklens.demo_celery).
 
     python -m deploy.local.stack            # from the repository root; Ctrl-C stops everything
+    python -m deploy.local.stack --without-celery
     python deploy/local/stack.py --help
 
 Configurations are rendered from the ``*.tmpl`` files beside this module into the state
@@ -33,17 +35,22 @@ from deploy.local.processes import (
     LOOPBACK,
     Process,
     alertmanager_argv,
+    celery_worker_argv,
     find_binary,
     free_port,
     prometheus_argv,
+    redis_argv,
     start_process,
     stop_all,
     wait_until_ready,
+    wait_until_redis,
 )
 from deploy.local.webhook import WebhookReceiver
 
 __all__ = [
     "DEFAULT_APP_COMMAND",
+    "CeleryOptions",
+    "CeleryStack",
     "Process",
     "Stack",
     "StackOptions",
@@ -54,6 +61,7 @@ __all__ = [
     "render_prometheus_config",
     "start_alertmanager",
     "start_app",
+    "start_celery",
     "start_prometheus",
     "start_stack",
     "stop_all",
@@ -75,6 +83,19 @@ DEFAULT_APP_COMMAND = (
 )
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
+REDIS_BINARIES = ("redis-server",)
+#: The Celery demo: its Celery app (what the worker loads) and its web app.
+DEFAULT_CELERY_MODULE = "tasklens.demo_celery"
+DEFAULT_CELERY_WEB_COMMAND = (
+    sys.executable,
+    "-m",
+    "tasklens.demo_celery",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--self-traffic",
+)
 
 
 def start_app(
@@ -138,8 +159,109 @@ def start_alertmanager(
 
 
 @dataclass
+class CeleryOptions:
+    """Redis, a worker (``celery -A module worker``) and a web app sending to it.
+
+    The broker URL and the worker's metrics port reach the module through the environment
+    variables named here (those of :mod:`tasklens.demo_celery` by default); ``env`` is added
+    to both processes' environment, ``web_command=None`` starts no web app."""
+
+    module: str = DEFAULT_CELERY_MODULE
+    web_command: Sequence[str] | None = DEFAULT_CELERY_WEB_COMMAND
+    env: Mapping[str, str] = field(default_factory=dict)
+    pool: str = "prefork"
+    concurrency: int = 2
+    broker_url_env: str = "TASKLENS_DEMO_BROKER_URL"
+    metrics_port_env: str = "TASKLENS_DEMO_WORKER_METRICS_PORT"
+    web_ready_path: str = "/metrics"
+
+
+@dataclass
+class CeleryStack:
+    """Where the Celery part runs: broker URL, worker and web ``host:port`` targets."""
+
+    broker_url: str
+    worker_target: str
+    web_target: str | None
+
+    @property
+    def targets(self) -> list[str]:
+        """What Prometheus scrapes: the web app (if any), then the worker."""
+        return [t for t in (self.web_target, self.worker_target) if t]
+
+
+def start_celery(
+    options: CeleryOptions, state: Path, timeout: float = 60.0
+) -> tuple[CeleryStack, list[Process]]:
+    """Start Redis, the worker (prefork's processes summed through its own
+    ``PROMETHEUS_MULTIPROC_DIR``) and the web app; whatever started is stopped on failure."""
+    processes: list[Process] = []
+    try:
+        redis_port = free_port()
+        redis_dir = state / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        redis = start_process(
+            "redis",
+            redis_argv(find_binary(*REDIS_BINARIES), port=redis_port, data_dir=redis_dir),
+            log_path=state / "redis.log",
+            url=f"redis://{LOOPBACK}:{redis_port}/0",
+        )
+        processes.append(redis)
+        wait_until_redis(redis_port, timeout=timeout, process=redis)
+
+        multiproc = state / "worker-metrics"
+        shutil.rmtree(multiproc, ignore_errors=True)
+        multiproc.mkdir(parents=True)
+        worker_port = free_port()
+        env = {**options.env, options.broker_url_env: redis.url}
+        worker_env = {
+            **env,
+            options.metrics_port_env: str(worker_port),
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        }
+        argv = celery_worker_argv(
+            sys.executable,
+            options.module,
+            pool=options.pool,
+            concurrency=options.concurrency,
+            hostname=f"tasklens-stack-{worker_port}@%h",
+        )
+        worker_url = f"http://{LOOPBACK}:{worker_port}"
+        worker = start_process(
+            "celery-worker",
+            argv,
+            log_path=state / "worker.log",
+            url=worker_url,
+            env=worker_env,
+            cwd=REPO_ROOT,
+        )
+        processes.append(worker)
+        wait_until_ready(worker_url + "/metrics", timeout=timeout, process=worker)
+
+        web_target = None
+        if options.web_command is not None:
+            web_port = free_port()
+            web = start_app(
+                options.web_command,
+                port=web_port,
+                log_path=state / "celery-web.log",
+                env=env,
+                ready_path=options.web_ready_path,
+                timeout=timeout,
+            )
+            web.name = "celery-web"
+            processes.append(web)
+            web_target = f"{LOOPBACK}:{web_port}"
+    except BaseException:
+        stop_all(processes)
+        raise
+    return CeleryStack(redis.url, f"{LOOPBACK}:{worker_port}", web_target), processes
+
+
+@dataclass
 class StackOptions:
-    """What to run. ``app_command=None`` starts no app and scrapes ``app_target`` instead."""
+    """What to run. ``app_command=None`` starts no app and scrapes ``app_target`` instead (or
+    only the Celery part, when ``celery`` is given)."""
 
     state_dir: Path = DEFAULT_STATE_DIR
     app_command: Sequence[str] | None = DEFAULT_APP_COMMAND
@@ -153,6 +275,7 @@ class StackOptions:
     evaluation_interval: str = "5s"
     group_wait: str = "1s"
     ready_timeout: float = 60.0
+    celery: CeleryOptions | None = None
 
 
 @dataclass
@@ -164,6 +287,13 @@ class Stack:
     prometheus_url: str
     alertmanager_url: str
     processes: list[Process]
+    celery: CeleryStack | None = None
+
+    @property
+    def targets(self) -> list[str]:
+        """Every ``host:port`` Prometheus scrapes as the job."""
+        extra = self.celery.targets if self.celery is not None else []
+        return [t for t in (self.app_target, *extra) if t]
 
     @property
     def app_url(self) -> str:
@@ -182,7 +312,8 @@ class Stack:
 
 
 def start_stack(options: StackOptions | None = None) -> Stack:
-    """Render configs into ``state_dir`` and start app, Alertmanager and Prometheus on free ports.
+    """Render configs into ``state_dir`` and start app (and the Celery part), Alertmanager and
+    Prometheus on free ports.
 
     Data directories are wiped first. On any failure, whatever was started is stopped again.
     """
@@ -192,7 +323,12 @@ def start_stack(options: StackOptions | None = None) -> Stack:
         shutil.rmtree(state / sub, ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)
     processes: list[Process] = []
+    celery: CeleryStack | None = None
     try:
+        if options.celery is not None:
+            celery, started = start_celery(options.celery, state, options.ready_timeout)
+            processes += started
+        app_target = ""
         if options.app_command is not None:
             app_port = free_port()
             processes.append(
@@ -208,8 +344,9 @@ def start_stack(options: StackOptions | None = None) -> Stack:
             app_target = f"{LOOPBACK}:{app_port}"
         elif options.app_target:
             app_target = options.app_target
-        else:
-            raise ValueError("give app_command or app_target")
+        elif celery is None:
+            raise ValueError("give app_command, app_target or celery")
+        targets = [t for t in (app_target, *(celery.targets if celery else [])) if t]
 
         am_port = free_port()
         am_config = state / "alertmanager.yml"
@@ -232,7 +369,8 @@ def start_stack(options: StackOptions | None = None) -> Stack:
         prom_config = state / "prometheus.yml"
         prom_config.write_text(
             render_prometheus_config(
-                app_target=app_target,
+                app_target=targets[0],
+                extra_targets=targets[1:],
                 alertmanager=f"{LOOPBACK}:{am_port}",
                 rules=[Path(rule).resolve() for rule in options.rules],
                 job=options.job,
@@ -252,7 +390,7 @@ def start_stack(options: StackOptions | None = None) -> Stack:
     except BaseException:
         stop_all(processes)
         raise
-    return Stack(state, app_target, processes[-1].url, processes[-2].url, processes)
+    return Stack(state, app_target, processes[-1].url, processes[-2].url, processes, celery)
 
 
 def _parse(argv: Sequence[str] | None) -> StackOptions:
@@ -268,6 +406,11 @@ def _parse(argv: Sequence[str] | None) -> StackOptions:
         help="command starting the app; {host} and {port} are filled in",
     )
     parser.add_argument("--app-target", help="scrape this host:port instead of starting an app")
+    parser.add_argument(
+        "--without-celery",
+        action="store_true",
+        help="no Redis, Celery worker and Celery demo (tasklens.demo_celery)",
+    )
     parser.add_argument("--scrape-interval", default="5s")
     parser.add_argument("--evaluation-interval", default="5s")
     parser.add_argument(
@@ -284,6 +427,7 @@ def _parse(argv: Sequence[str] | None) -> StackOptions:
         rules=args.rules or DEFAULT_RULES,
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
+        celery=None if args.without_celery else CeleryOptions(),
     )
 
 
@@ -298,7 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with WebhookReceiver(echo=True) as receiver:
         options.webhook_url = receiver.url
         with start_stack(options) as stack:
-            print(f"app:          {stack.app_url}/metrics")
+            if stack.app_target:
+                print(f"app:          {stack.app_url}/metrics")
+            if stack.celery is not None:
+                if stack.celery.web_target:
+                    print(f"celery demo:  http://{stack.celery.web_target}/metrics")
+                print(f"celery worker: http://{stack.celery.worker_target}/metrics")
+                print(f"broker:       {stack.celery.broker_url}")
             print(f"prometheus:   {stack.prometheus_url}  (alerts: {stack.prometheus_url}/alerts)")
             print(f"alertmanager: {stack.alertmanager_url}")
             print(f"configs and logs: {stack.state_dir}   Ctrl-C stops everything.", flush=True)

@@ -56,6 +56,26 @@ def test_rendered_local_prometheus_config(tmp_path: Path, promtool: str) -> None
     assert config["global"]["scrape_timeout"] == "1s"
 
 
+def test_local_prometheus_config_scrapes_celery_workers_as_the_same_job(
+    tmp_path: Path, promtool: str
+) -> None:
+    """A worker's own /metrics port is one more instance of the job the rules select."""
+    path = tmp_path / "prometheus.yml"
+    path.write_text(
+        configs.render_prometheus_config(
+            app_target="127.0.0.1:8000",
+            extra_targets=["127.0.0.1:8001", "127.0.0.1:9808"],
+            alertmanager="127.0.0.1:9093",
+        )
+    )
+    assert_ok(run([promtool, "check", "config", str(path)]))
+    (job,) = load(path)["scrape_configs"]
+    assert job["job_name"] == "tasklens"
+    assert job["static_configs"] == [
+        {"targets": ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:9808"]}
+    ]
+
+
 def test_local_prometheus_config_with_a_long_scrape_interval(tmp_path: Path, promtool: str) -> None:
     path = tmp_path / "prometheus.yml"
     path.write_text(
