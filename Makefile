@@ -84,6 +84,8 @@ bench: $(STAMP)
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; \
 	fi
 	$(BIN)/python -m bench
+	$(MAKE) -s system-deps
+	$(BIN)/python -m bench.case_celery
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke

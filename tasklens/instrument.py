@@ -36,10 +36,12 @@ def instrument(
     Options (validated here, each error names the option; README's option table says what
     each does), runtime: ``on_error``, ``mode``, ``max_concurrency``, ``shutdown_timeout``,
     ``threadpool_size``, ``max_pending``, ``max_task_names``, ``loop_block_threshold``,
-    ``loop_lag_interval``;
+    ``loop_lag_interval``, ``celery`` (a ``celery.Celery`` app: its tasks given to
+    ``add_task`` are sent to its broker instead of running here; workers record them with
+    ``tasklens.celery.instrument_worker``);
     telemetry: ``metrics_path``, ``metrics_auth``, ``max_exception_types``, ``record_args``,
     ``request_spans``, ``record_url_query``, ``enqueue_events``, ``task_trace``,
-    ``tracer_provider``,
+    ``tracer_provider``, ``ui_path`` (the live page), ``ui_trace_url``,
     ``meter_provider`` (the metrics also recorded through it, beside Prometheus; a FastAPI
     app's ``telemetry={"meter_provider": ...}`` too). ``observers`` replaces the default
     spans, metrics and logs observers. Calling it twice returns the first runner.

@@ -125,3 +125,19 @@ def test_bench_smoke_sustained_case(tmp_path: Path) -> None:
             assert row["spans"] == spans, variant
         else:  # the instrumentor: its request span at least
             assert row["spans"] >= row["served_load"] + row["served_stats"], variant
+
+
+def test_celery_bench_smoke_prints_every_row_and_the_worker_ran_every_send() -> None:
+    """``python -m bench.case_celery --smoke``: its three rows, and every sent task ran."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.case_celery", "--smoke"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for row in ("inprocess", "apply_async", "send"):
+        assert f"| {row} | " in proc.stdout
+    # 1 round: 5 requests x (1 + 0 + 5) tasks sent through add_task, 5 x 5 + 1 published
+    # directly, then 200 while the worker runs.
+    assert "56 of 56 tasks sent before it started ran" in proc.stdout, proc.stdout
+    assert "256 runs in all" in proc.stdout, proc.stdout
