@@ -9,6 +9,8 @@ from starlette.middleware import Middleware
 from tasklens.runtime import TaskObserver
 
 from .exposition import MetricsEndpointMiddleware, exclude_from_fastapi_telemetry
+from .live_buffer import LiveBuffer
+from .live_page import LivePageMiddleware, exclude_page_from_fastapi_telemetry, live_buffer_of
 from .logs import LogObserver
 from .metrics import MetricsObserver
 from .options import TelemetryOptions
@@ -38,6 +40,8 @@ def default_observers(options: TelemetryOptions, app: object = None) -> list[Tas
     if meter_provider is not None and not exported_by_setup(meter_provider):
         observers.append(OTelMetricsObserver(meter_provider, options.max_exception_types))
     observers.append(LogObserver(record_args=options.record_args))
+    if options.ui_path is not None:  # last: its finished runs first, the task span current
+        observers.append(LiveBuffer(record_args=options.record_args))
     return observers
 
 
@@ -63,6 +67,15 @@ def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:
             MetricsEndpointMiddleware, path=options.metrics_path, auth=options.metrics_auth
         )
         exclude_from_fastapi_telemetry(app, options.metrics_path)
+    if options.ui_path:
+        app.add_middleware(
+            LivePageMiddleware,
+            path=options.ui_path,
+            buffer=lambda: live_buffer_of(app),
+            auth=options.metrics_auth,
+            trace_url=options.ui_trace_url,
+        )
+        exclude_page_from_fastapi_telemetry(app, options.ui_path)
 
 
 async def flush_at_shutdown() -> None:

@@ -44,6 +44,11 @@ class TelemetryOptions:
     #: Also record the metrics through this provider's instruments (otel_metrics.py);
     #: None: the app's (FastAPI's ``telemetry`` config), else Prometheus only.
     meter_provider: MeterProvider | None = None
+    #: Path of the live page (tasks, failures, a request's trace; telemetry/live_page.py);
+    #: None: not served. Protected by ``metrics_auth`` like ``metrics_path``.
+    ui_path: str | None = None
+    #: Link from the page to a trace elsewhere (Tempo, Grafana): a URL with ``{trace_id}``.
+    ui_trace_url: str | None = None
 
     def __post_init__(self) -> None:
         path = self.metrics_path
@@ -53,7 +58,8 @@ class TelemetryOptions:
             ("metrics_auth", self.metrics_auth is None or callable(self.metrics_auth),
              "a callable taking the Request and returning a bool (or an awaitable of one), "
              "or None"),
-            ("metrics_auth", self.metrics_auth is None or path is not None,
+            ("metrics_auth", self.metrics_auth is None or path is not None
+             or self.ui_path is not None,
              "None when metrics_path=None (no path is served to protect)"),
             ("max_exception_types", positive_int(self.max_exception_types), "a positive int"),
             ("record_args", isinstance(self.record_args, bool), "True or False"),
@@ -67,4 +73,14 @@ class TelemetryOptions:
             ("meter_provider", self.meter_provider is None
              or isinstance(self.meter_provider, MeterProvider),
              "an OpenTelemetry MeterProvider, or None"),
+            ("ui_path", self.ui_path is None or (isinstance(self.ui_path, str)
+             and self.ui_path.startswith("/") and len(self.ui_path) > 1
+             and not self.ui_path.endswith("/") and self.ui_path != path),
+             "a path starting with '/', not ending with '/', other than metrics_path, or None"),
+            ("ui_trace_url", self.ui_trace_url is None or (isinstance(self.ui_trace_url, str)
+             and "{trace_id}" in self.ui_trace_url
+             and self.ui_trace_url.startswith(("http://", "https://", "/"))),
+             "a URL (http://, https:// or /...) containing '{trace_id}', or None"),
+            ("ui_trace_url", self.ui_trace_url is None or self.ui_path is not None,
+             "None when ui_path=None (no page to link from)"),
         ])  # fmt: skip

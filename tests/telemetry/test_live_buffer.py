@@ -1,0 +1,194 @@
+"""The live page's buffer: bounded under 100,000 tasks, exact counts from worker threads,
+Prometheus's quantile interpolation, arguments only with ``record_args``."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.applications import Starlette
+from starlette.background import BackgroundTasks
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import tasklens
+from tasklens.telemetry import TelemetryOptions, default_observers
+from tasklens.telemetry import live_buffer as lb
+from tasklens.telemetry.live_buffer import LiveBuffer, quantile
+
+BIG = "x" * 10_000  # a 10 KB exception message: cut to MAX_MESSAGE_CHARS / MAX_TRACEBACK_CHARS
+
+
+class BigError(Exception):
+    pass
+
+
+async def ok_async(i: int) -> None:
+    return None
+
+
+def ok_sync(i: int) -> None:
+    return None
+
+
+def fail_sync(i: int) -> None:
+    raise BigError(f"{i} {BIG}")
+
+
+def _app(buffer: LiveBuffer, per_request: int, **options: Any) -> Starlette:
+    async def endpoint(request: Request) -> Response:
+        tasks = BackgroundTasks()
+        for i in range(per_request):
+            func = fail_sync if i % 10 == 0 else ok_sync if i % 2 else ok_async
+            tasks.add_task(func, i)
+        return Response(b"", background=tasks)
+
+    app = Starlette(routes=[Route("/work", endpoint, methods=["POST"])])
+    # A recording provider: every request gets a real server span, so traces fill up too.
+    tasklens.instrument(
+        app, observers=[buffer], metrics_path=None, tracer_provider=TracerProvider(), **options
+    )
+    return app
+
+
+def _run(client: TestClient, requests: int) -> None:
+    for _ in range(requests):
+        assert client.post("/work").status_code == 200
+
+
+def test_memory_is_bounded_under_100k_tasks() -> None:
+    buffer = LiveBuffer()
+    per_request = 100
+    with TestClient(_app(buffer, per_request)) as client:
+        _run(client, 500)  # 50,000 tasks: every ring is full (200 traces, 1,000 tasks)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            # 25,000 tasks replace every kept entry: what is allocated since and still alive
+            # is (at least) the whole of what the buffer holds.
+            _run(client, 250)
+            gc.collect()
+            full = tracemalloc.get_traced_memory()[0]
+            _run(client, 250)  # 100,000 tasks in all
+            gc.collect()
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    assert buffer.seq == 100_000
+    assert buffer.totals == {
+        "success": 90_000, "failure": 10_000, "skipped": 0, "cancelled": 0, "abandoned": 0,
+    }  # fmt: skip
+    assert len(buffer.tasks) == lb.MAX_TASKS
+    assert len(buffer.traces) == lb.MAX_TRACES
+    assert all(len(t.tasks) == lb.MAX_TASKS_PER_TRACE for t in buffer.traces.values())
+    assert all(t.dropped == per_request - lb.MAX_TASKS_PER_TRACE for t in buffer.traces.values())
+    assert len(buffer.tracebacks) == lb.MAX_FAILURES
+    assert all(len(tb) <= lb.MAX_TRACEBACK_CHARS + 20 for tb in buffer.tracebacks.values())
+    assert all(
+        e.error_message is None or len(e.error_message) <= lb.MAX_MESSAGE_CHARS + 20
+        for e in buffer.tasks
+    )
+    # Flat once full (25,000 more tasks), and within the documented bound (docs/live-page.md).
+    growth = after - full
+    assert abs(growth) < 500_000, f"grew {growth} bytes over 25,000 tasks once full"
+    assert after < 8_000_000, f"{after / 1e6:.1f} MB"
+    summary = buffer.summary()
+    assert sum(row["count"] for row in summary["names"]) == 100_000  # one test, a few minutes
+
+
+def test_counts_are_exact_from_worker_threads() -> None:
+    buffer = LiveBuffer()
+    with TestClient(_app(buffer, 200, threadpool_size=8)) as client:
+        _run(client, 50)
+    summary = buffer.summary()
+    counts = {row["name"].rsplit(".", 1)[-1]: row["count"] for row in summary["names"]}
+    assert counts == {"fail_sync": 1_000, "ok_sync": 5_000, "ok_async": 4_000}
+    failures = {row["name"].rsplit(".", 1)[-1]: row["failures"] for row in summary["names"]}
+    assert failures == {"fail_sync": 1_000, "ok_sync": 0, "ok_async": 0}
+    assert sum(sum(v) for v in summary["series"]["outcomes"].values()) == 10_000
+
+
+def test_quantile_interpolates_like_histogram_quantile() -> None:
+    buckets = [0] * (len(lb.DURATION_BUCKETS) + 1)
+    i = lb.DURATION_BUCKETS.index(0.0025)  # le=0.0025, the bucket above le=0.001
+    buckets[i] = 10
+    assert quantile(0.5, buckets) == pytest.approx(0.001 + 0.0015 * 0.5)
+    assert quantile(0.95, buckets) == pytest.approx(0.001 + 0.0015 * 0.95)
+    buckets[-1] = 90  # +Inf: the highest finite bound, as Prometheus answers
+    assert quantile(0.95, buckets) == lb.DURATION_BUCKETS[-1]
+    assert quantile(0.05, buckets) == pytest.approx(0.001 + 0.0015 * 0.5)
+    assert quantile(0.5, [0] * len(buckets)) is None
+
+
+def _one_task_app(record_args: bool) -> tuple[Starlette, LiveBuffer]:
+    async def endpoint(request: Request) -> Response:
+        tasks = BackgroundTasks()
+        tasks.add_task(ok_sync, 7)
+        tasks.add_task(fail_kw, order=3, password="hunter2")
+        return Response(b"", background=tasks)
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    tasklens.instrument(app, ui_path="/tasks", metrics_path=None, record_args=record_args)
+    return app, app.state.tasklens[0].observers[-1]
+
+
+def fail_kw(order: int, password: str) -> None:
+    raise ValueError(f"order {order} refused for postgresql://app:{password}@db")
+
+
+@pytest.mark.parametrize("record_args", [False, True])
+def test_failure_is_scrubbed_and_args_only_with_record_args(record_args: bool) -> None:
+    app, buffer = _one_task_app(record_args)
+    assert isinstance(buffer, LiveBuffer)
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+        tasks = client.get("/tasks/api/live").json()["tasks"]
+        assert [t["outcome"] for t in tasks] == ["success", "failure"]
+        detail = client.get(f"/tasks/api/task/{tasks[1]['seq']}").json()
+    assert detail["error_type"] == "ValueError"
+    assert detail["error_message"] == "order 3 refused for postgresql://app:[redacted]@db"
+    assert "hunter2" not in detail["traceback"] and "ValueError: order 3" in detail["traceback"]
+    if record_args:
+        assert tasks[0]["args"] == {"args": ["7"], "kwargs": {}}
+        assert detail["args"] == {"args": [], "kwargs": {"order": "3", "password": "[redacted]"}}
+    else:
+        assert tasks[0]["args"] is None and detail["args"] is None
+
+
+def test_observer_only_with_ui_path_and_last() -> None:
+    assert not any(isinstance(o, LiveBuffer) for o in default_observers(TelemetryOptions()))
+    observers = default_observers(TelemetryOptions(ui_path="/tasks"))
+    assert isinstance(observers[-1], LiveBuffer)
+    assert sum(isinstance(o, LiveBuffer) for o in observers) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ui_path": "tasks"}, "invalid ui_path='tasks'"),
+        ({"ui_path": "/tasks/"}, "invalid ui_path='/tasks/'"),
+        ({"ui_path": "/"}, "invalid ui_path='/'"),
+        ({"ui_path": "/metrics"}, "other than metrics_path"),
+        ({"ui_path": 5}, "invalid ui_path=5"),
+        ({"ui_path": "/t", "ui_trace_url": "https://g.example/explore"}, "containing '{trace_id}'"),
+        ({"ui_path": "/t", "ui_trace_url": "javascript:x('{trace_id}')"}, "invalid ui_trace_url"),
+        ({"ui_trace_url": "https://g.example/{trace_id}"}, "None when ui_path=None"),
+    ],
+)  # fmt: skip
+def test_invalid_options_name_the_option(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match="instrument\\(\\): invalid ui_") as caught:
+        tasklens.instrument(Starlette(), **options)
+    assert message in str(caught.value)
+
+
+def test_metrics_auth_may_protect_the_page_alone() -> None:
+    app = Starlette()
+    tasklens.instrument(app, metrics_path=None, ui_path="/tasks", metrics_auth=lambda r: False)
+    with TestClient(app) as client:
+        assert client.get("/tasks").status_code == 401
+        assert client.get("/tasks/api/live").status_code == 401
