@@ -47,15 +47,15 @@ class Shop:
     workers: list[ServerProcess] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
-        return clean_env(
-            SHOP_BROKER_URL=self.redis.url,
-            SHOP_OUTBOX=str(self.outbox),
-            OTEL_EXPORTER_OTLP_ENDPOINT=self.rx.http_endpoint,
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-            OTEL_BSP_SCHEDULE_DELAY="100",
-            OTEL_METRICS_EXPORTER="none",
-            **extra,
-        )
+        base = {
+            "SHOP_BROKER_URL": self.redis.url,
+            "SHOP_OUTBOX": str(self.outbox),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.rx.http_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRICS_EXPORTER": "none",
+        }
+        return clean_env(**{**base, **extra})
 
     def start_web(self) -> ServerProcess:
         port = free_port()
@@ -408,3 +408,45 @@ def test_prefork_without_a_multiprocess_directory_stops_the_worker_naming_it(
     log = worker.log_text()
     assert "PROMETHEUS_MULTIPROC_DIR" in log
     assert "--pool solo" in log
+
+
+def test_worker_metrics_also_go_out_over_otlp_from_every_pool_process(shop: Shop) -> None:
+    """OTLP metrics from each prefork process (its own ``service.instance.id``): the
+    receiver's latest cumulative points, summed over instances, count every run."""
+    port = free_port()
+    env = shop.env(
+        SHOP_WORKER_METRICS_PORT=str(port),
+        PROMETHEUS_MULTIPROC_DIR=str(shop.tmp / "otlp-worker-metrics"),
+        OTEL_METRICS_EXPORTER="otlp",
+        OTEL_METRIC_EXPORT_INTERVAL="300",
+    )
+    worker = celery_worker(TASKS, env, shop.tmp / "otlp-worker.log", port, "prefork", 2)
+    shop.worker = worker
+    shop.workers.append(worker.start())
+    worker.wait_ready("/metrics")
+    n = 10
+    for i in range(n):
+        assert shop.post(f"/send-notification/otlp{i}@example.com").status_code == 200
+    wait_for(lambda: len(shop.lines("notifications.log")) == n, 30, "10 runs")
+
+    def exported_runs() -> float:
+        latest: dict[object, float] = {}
+        for point in shop.rx.metrics():
+            if (
+                point.name == "bgtask_finished_total"
+                and point.resource.get("service.name") == "shop-worker"
+                and point.attributes.get("executor") == "celery"
+                and point.attributes.get("outcome") == "success"
+                and point.attributes.get("task") == NOTIFY
+            ):
+                latest[point.resource["service.instance.id"]] = point.value or 0.0
+        return sum(latest.values())
+
+    wait_for(lambda: exported_runs() == n, 20, "10 runs exported over OTLP")
+    instances = {
+        p.resource["service.instance.id"]
+        for p in shop.rx.metrics()
+        if p.resource.get("service.name") == "shop-worker"
+    }
+    run_pids = {int(line.split()[0]) for line in shop.lines("notifications.log")}
+    assert len(instances) >= len(run_pids)  # one instance id per process that ran tasks
