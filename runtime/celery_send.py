@@ -54,6 +54,9 @@ class CeleryDispatch:
 
         self.app = app
         self._task_type = Task
+        #: Registered task name -> (its serializer, its queue): Celery's settings lookups
+        #: cost more than the rest of add_task.
+        self._known: dict[str, tuple[str, str | None]] = {}
 
     def claim(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -65,12 +68,17 @@ class CeleryDispatch:
         if not isinstance(func, self._task_type):
             return None
         name = func.name
-        if not isinstance(name, str) or name not in self.app.tasks:
-            return None
-        serializer = func.serializer or self.app.conf.task_serializer
+        known = self._known.get(name) if isinstance(name, str) else None
+        if known is None:
+            if not isinstance(name, str) or name not in self.app.tasks:
+                return None
+            serializer = func.serializer or self.app.conf.task_serializer
+            queue = getattr(func, "queue", None) or self.app.conf.task_default_queue
+            # Bounded by the app's registry: one entry per registered task name.
+            known = self._known[name] = (str(serializer), str(queue) if queue else None)
+        serializer, queue = known
         _check_serializable(func, name, serializer, args, kwargs)
-        queue = getattr(func, "queue", None) or self.app.conf.task_default_queue
-        return CelerySend(func, name, str(queue) if queue else None)
+        return CelerySend(func, name, queue)
 
 
 class CelerySend:
@@ -106,8 +114,15 @@ class CelerySend:
 def _check_serializable(
     task: Any, name: str, serializer: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
+    """One ``dumps`` of all the arguments (what the send will serialize); only when it
+    fails, one per argument to name the culprit."""
     from kombu.serialization import dumps
 
+    try:
+        dumps((args, kwargs), serializer=serializer)
+        return
+    except Exception:
+        pass
     labels = _argument_labels(task, args)
     values = [*zip(labels, args, strict=True), *((repr(k), v) for k, v in kwargs.items())]
     for label, value in values:
@@ -119,6 +134,10 @@ def _check_serializable(
                 f"serialized by Celery's {serializer!r} serializer ({type(exc).__name__}); "
                 "pass values the serializer supports (ids, not objects)"
             ) from None
+    raise TypeError(
+        f"add_task({name}): the arguments cannot be serialized by Celery's {serializer!r} "
+        "serializer together (each alone can)"
+    )
 
 
 def _argument_labels(task: Any, args: tuple[Any, ...]) -> list[str]:

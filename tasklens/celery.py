@@ -108,6 +108,12 @@ class CeleryWorker:
     def _start_recording(self) -> None:
         setup(service_name=self.service_name)
         self.runtime.connect()
+        if _celery_instrumentor_active():
+            _logger.warning(
+                "tasklens: opentelemetry-instrumentation-celery is instrumented too: its "
+                "apply_async/ and run/ spans duplicate tasklens's send and task spans; "
+                "use one of the two"
+            )
 
 
 def instrument_worker(
@@ -169,6 +175,14 @@ def instrument_worker(
     signals.worker_shutdown.connect(worker.on_worker_shutdown, weak=False)
     celery_app._tasklens_worker = worker
     return worker
+
+
+def _celery_instrumentor_active() -> bool:
+    try:
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    except ImportError:
+        return False
+    return bool(CeleryInstrumentor().is_instrumented_by_opentelemetry)
 
 
 def _is_prefork(pool: object) -> bool:

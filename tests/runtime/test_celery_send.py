@@ -135,3 +135,18 @@ def test_worker_clock_behind_the_add_task_time_is_clamped_and_counted(probe: Pro
         == 2
     )
     assert samples.total("bgtask_in_progress") == 0
+
+
+def test_worker_detects_opentelemetry_instrumentation_celery_beside_it() -> None:
+    """Its spans would duplicate tasklens's: the worker warns at start (tasklens/celery.py)."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    from tasklens.celery import _celery_instrumentor_active
+
+    assert not _celery_instrumentor_active()
+    CeleryInstrumentor().instrument()
+    try:
+        assert _celery_instrumentor_active()
+    finally:
+        CeleryInstrumentor().uninstrument()
+    assert not _celery_instrumentor_active()
