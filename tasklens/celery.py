@@ -82,7 +82,14 @@ class CeleryWorker:
                 "or --pool threads"
             )
         if self.metrics_port is not None:
-            self.metrics_server = MetricsServer(self.metrics_host, self.metrics_port)
+            try:
+                self.metrics_server = MetricsServer(self.metrics_host, self.metrics_port)
+            except OSError as exc:
+                raise WorkerSetupError(
+                    f"tasklens.celery: cannot serve /metrics on {self.metrics_host}:"
+                    f"{self.metrics_port}: {exc}; give each worker on a host its own "
+                    "instrument_worker(metrics_port=...) (0: a free port; None: no endpoint)"
+                ) from exc
             _logger.info(
                 "tasklens: worker metrics on http://%s:%d/metrics",
                 self.metrics_host,

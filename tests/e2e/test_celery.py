@@ -450,3 +450,15 @@ def test_worker_metrics_also_go_out_over_otlp_from_every_pool_process(shop: Shop
     }
     run_pids = {int(line.split()[0]) for line in shop.lines("notifications.log")}
     assert len(instances) >= len(run_pids)  # one instance id per process that ran tasks
+
+
+def test_worker_metrics_port_taken_stops_the_worker_naming_it(shop: Shop) -> None:
+    first = shop.start_worker("solo", 1)
+    env = shop.env(SHOP_WORKER_METRICS_PORT=str(first.port))
+    second = celery_worker(TASKS, env, shop.tmp / "second.log", first.port, "solo", 1)
+    with second:
+        assert second.proc is not None
+        assert second.proc.wait(60) != 0
+    log = second.log_text()
+    assert f"cannot serve /metrics on 127.0.0.1:{first.port}" in log
+    assert "metrics_port=" in log
