@@ -22,18 +22,27 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
+    os.environ["TASKLENS_DEMO_HOST"] = args.host
     os.environ["TASKLENS_DEMO_PORT"] = str(args.port)
     os.environ["TASKLENS_DEMO_MODE"] = args.mode
     os.environ["TASKLENS_DEMO_RATE"] = str(args.rate)
     os.environ["TASKLENS_DEMO_FAIL_RATIO"] = str(args.fail_ratio)
     os.environ["TASKLENS_DEMO_TRAFFIC_SECONDS"] = str(args.traffic_seconds)
+    os.environ["TASKLENS_DEMO_UI_PATH"] = "" if args.no_ui else args.ui_path
+    if args.trace_url:
+        os.environ["TASKLENS_DEMO_TRACE_URL"] = args.trace_url
     if args.self_traffic:
         os.environ["TASKLENS_DEMO_SELF_TRAFFIC"] = "1"
-    print(
-        f"tasklens demo on http://{args.host}:{args.port}  (metrics: /metrics, docs: /docs"
-        f"{', sending itself traffic' if args.self_traffic else ''})",
-        file=sys.stderr,
-    )
+    if args.span_logs:
+        os.environ["TASKLENS_DEMO_SPAN_LOGS"] = "1"
+    if args.workers > 1:  # each worker would print its own; print once, here
+        from tasklens.demo import urls_banner
+
+        os.environ["TASKLENS_DEMO_BANNER"] = "0"
+        ui_path = None if args.no_ui else args.ui_path
+        print(urls_banner(ui_path, args.self_traffic, args.span_logs), file=sys.stderr)
+        if ui_path:
+            print("  (several workers: each page shows the worker that answers)\n", file=sys.stderr)
     uvicorn.run(
         "tasklens.demo:create_app",
         factory=True,
@@ -75,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--fail-ratio", type=float, default=0.2, help="share of failing payments")
     demo.add_argument("--mode", choices=["inline", "detached"], default="inline")
     demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--ui-path", default="/tasks", help="path of the live page")
+    demo.add_argument("--no-ui", action="store_true", help="no live page")
+    demo.add_argument(
+        "--trace-url", default=None, help="link from the page to a trace: a URL with {trace_id}"
+    )
+    demo.add_argument(
+        "--span-logs",
+        action="store_true",
+        help="print spans as log lines and every log line (default: warnings only)",
+    )
     args = parser.parse_args(argv)
     if args.command == "export":
         return _export(args)

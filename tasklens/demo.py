@@ -3,7 +3,10 @@
 Endpoints schedule sync and async tasks, slow ones and failing ones, through every style the
 FastAPI docs show (parameter, dependency, ``JSONResponse(background=...)``). With
 ``TASKLENS_DEMO_SELF_TRAFFIC=1`` the app sends itself requests so that metrics and traces
-appear without a second terminal.
+appear without a second terminal. The live page is on (``TASKLENS_DEMO_UI_PATH``, default
+``/tasks``); the console stays calm (warnings, no task outcome: the page shows those) unless
+``TASKLENS_DEMO_SPAN_LOGS=1`` prints spans as log lines and every log line, as before. Once
+the server answers, the URLs to open are printed, last.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import logging
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -98,17 +102,46 @@ def get_query(background_tasks: BackgroundTasks, q: str | None = None) -> str | 
     return q
 
 
+class CalmConsole(logging.Filter):
+    """The console of the calm demo: warnings and errors, but not the per-task outcome lines
+    (failures, loop blocking), which the live page shows. Set on the console handler only:
+    an OTLP log export (``OTEL_LOGS_EXPORTER=otlp``) still gets every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        message = record.msg
+        return not (record.name == "tasklens" and isinstance(message, dict) and "task" in message)
+
+
+def _calm_console() -> None:
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # setup()'s console handler, not OTel's
+            handler.addFilter(CalmConsole())
+
+
 def create_app() -> FastAPI:
     """Build the demo app from environment settings (used by ``tasklens demo``)."""
-    tasklens.setup(service_name=os.environ.get("OTEL_SERVICE_NAME", "tasklens-demo"))
+    span_logs = os.environ.get("TASKLENS_DEMO_SPAN_LOGS", "") == "1"
+    # span_logs=None keeps setup()'s default (spans as log lines when nothing exports them).
+    tasklens.setup(
+        service_name=os.environ.get("OTEL_SERVICE_NAME", "tasklens-demo"),
+        span_logs=None if span_logs else False,
+    )
+    if not span_logs:
+        _calm_console()
     fail_ratio = float(os.environ.get("TASKLENS_DEMO_FAIL_RATIO", "0.2"))
     self_traffic = os.environ.get("TASKLENS_DEMO_SELF_TRAFFIC", "") == "1"
+    ui_path = os.environ.get("TASKLENS_DEMO_UI_PATH", "/tasks") or None
+    banner = os.environ.get("TASKLENS_DEMO_BANNER", "1") == "1"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_self_traffic(app)) if self_traffic else None
+        tasks = [asyncio.create_task(_self_traffic(app))] if self_traffic else []
+        if banner:
+            tasks.append(asyncio.create_task(_print_urls(ui_path, self_traffic, span_logs)))
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
 
     app = FastAPI(title="tasklens demo", lifespan=lifespan)
@@ -146,8 +179,53 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     mode = os.environ.get("TASKLENS_DEMO_MODE", "inline")
-    tasklens.instrument(app, mode="detached" if mode == "detached" else "inline")
+    tasklens.instrument(
+        app,
+        mode="detached" if mode == "detached" else "inline",
+        ui_path=ui_path,
+        ui_trace_url=os.environ.get("TASKLENS_DEMO_TRACE_URL") or None,
+    )
     return app
+
+
+def _base_url() -> str:
+    host = os.environ.get("TASKLENS_DEMO_HOST", "127.0.0.1")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{os.environ.get('TASKLENS_DEMO_PORT', '8000')}"
+
+
+def urls_banner(ui_path: str | None, self_traffic: bool, span_logs: bool) -> str:
+    """What to open, in a few lines (printed once, when the server answers)."""
+    base = _base_url()
+    lines = ["", "tasklens demo is running; open:"]
+    if ui_path:
+        lines.append(f"  live page  {base}{ui_path}")
+    lines += [f"  metrics    {base}/metrics", f"  API docs   {base}/docs"]
+    notes = ["sending itself traffic"] if self_traffic else []
+    notes.append(
+        "spans and every log line printed" if span_logs
+        else "console: warnings only (--span-logs for spans and every log line)"
+    )  # fmt: skip
+    lines += [f"  ({'; '.join(notes)}; Ctrl+C stops)", ""]
+    return "\n".join(lines)
+
+
+async def _print_urls(ui_path: str | None, self_traffic: bool, span_logs: bool) -> None:
+    """Print the URLs once the server answers (after uvicorn's own start-up lines)."""
+    async with httpx.AsyncClient(base_url=_base_url(), timeout=2) as client:
+        for _ in range(600):  # 60 s at most
+            try:
+                if (await client.get("/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            return
+    print(urls_banner(ui_path, self_traffic, span_logs), file=sys.stderr, flush=True)
 
 
 async def _self_traffic(app: FastAPI) -> None:
@@ -171,6 +249,8 @@ async def _self_traffic(app: FastAPI) -> None:
             method, path, _ = random.choice(weighted)
             try:
                 await client.request(method, path.format(n=n))
+            except httpx.ConnectError:
+                return  # the server stopped listening: shutting down
             except httpx.HTTPError as exc:
                 log.warning("self-traffic request failed", error=str(exc))
             await asyncio.sleep(1 / rate)

@@ -23,7 +23,7 @@ def test_demo_self_traffic_fills_every_core_metric(tmp_path: Path) -> None:
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     log_path = tmp_path / "demo.log"
     command = [sys.executable, "-m", "tasklens.cli", "demo", "--port", str(port)]
-    command += ["--self-traffic", "--rate", "40", "--traffic-seconds", "30"]
+    command += ["--self-traffic", "--rate", "40", "--traffic-seconds", "30", "--span-logs"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     seen: set[str] = set()
@@ -50,6 +50,6 @@ def test_demo_self_traffic_fills_every_core_metric(tmp_path: Path) -> None:
         process.wait(10)
     assert seen == wanted, f"never non-zero: {sorted(wanted - seen)}"
     log = log_path.read_text()
-    # No OTLP endpoint: spans are printed as structured log lines.
+    # No OTLP endpoint and --span-logs: spans are printed as structured log lines.
     assert '"event": "span"' in log and '"span_name": "bgtask tasklens.demo.' in log
     assert '"event": "background task failed"' in log
