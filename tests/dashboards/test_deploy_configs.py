@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 import yaml
@@ -17,8 +20,11 @@ import yaml
 from dashboards import config, rules
 from deploy.local import configs
 from tests.dashboards.tools import REPO_ROOT, assert_ok, run
+from tests.support.metrics import Samples, scrape
 from tests.support.net import free_port
 from tests.support.otlp_receiver import OTLPReceiver
+from tests.support.polling import wait_for
+from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess, clean_env
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -97,7 +103,7 @@ def test_compose_prometheus_config_and_its_rules(promtool: str) -> None:
 def test_compose_prometheus_scrapes_the_app_as_the_alerted_job() -> None:
     config = load(DEPLOY / "prometheus" / "prometheus.yml")
     app = next(job for job in config["scrape_configs"] if job["job_name"] == "tasklens")
-    assert app["static_configs"][0]["targets"] == ["app:8000"]
+    assert app["static_configs"][0]["targets"] == ["app:8000", "celery-web:8001", "worker:9808"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "alertmanager:9093"
     ]
@@ -137,7 +143,8 @@ def test_alertmanager_inhibitions_name_real_alerts() -> None:
 
 def test_compose_services() -> None:
     services = compose()["services"]
-    for name in ("app", "otel-collector", "prometheus", "alertmanager", "tempo", "loki", "grafana"):
+    for name in ("app", "otel-collector", "prometheus", "alertmanager", "tempo", "loki", "grafana",
+                 "redis", "worker", "celery-web"):  # fmt: skip
         assert name in services
 
 
@@ -195,6 +202,44 @@ def test_compose_app_runs_the_demo() -> None:
     assert app["build"]["dockerfile"] == "deploy/compose/Dockerfile"
     assert (COMPOSE_DIR / app["build"]["context"]).resolve() == REPO_ROOT
     assert app["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in service["environment"].items()}
+
+
+def _redis_url_names_a_service(url: str, services: dict[str, int]) -> None:
+    """``redis://<host>:<port>/0`` where host is a service of the stack listening on port."""
+    match = re.fullmatch(r"redis://([\w-]+):(\d+)/\d+", url)
+    assert match, url
+    assert services.get(match.group(1)) == int(match.group(2)), (url, services)
+
+
+def test_compose_celery_worker_and_web_are_scraped_as_the_alerted_job() -> None:
+    """Redis, a prefork worker with its own multiprocess directory and metrics port, and the
+    Celery demo's web app; Prometheus scrapes both as job "tasklens" at the ports they serve."""
+    services = compose()["services"]
+    assert services["redis"]["image"].startswith("redis:")
+    worker, web = services["worker"], services["celery-web"]
+    assert worker["command"][:4] == ["celery", "-A", "tasklens.demo_celery", "worker"]
+    assert worker["command"][worker["command"].index("--pool") + 1] == "prefork"
+    worker_env, web_env = _environment(worker), _environment(web)
+    assert worker_env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")  # writable as nobody
+    assert worker_env["TASKLENS_DEMO_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert web["command"][:3] == ["python", "-m", "tasklens.demo_celery"]
+    web_port = web["command"][web["command"].index("--port") + 1]
+    for env in (worker_env, web_env):
+        _redis_url_names_a_service(env["TASKLENS_DEMO_BROKER_URL"], {"redis": 6379})
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+    assert "redis" in worker["depends_on"] and "redis" in web["depends_on"]
+    for service in (worker, web):
+        assert service["build"] == services["app"]["build"]  # the same image, other commands
+    assert 'pip install "/app[demo,celery]"' in (COMPOSE_DIR / "Dockerfile").read_text()
+    prometheus = load(DEPLOY / "prometheus" / "prometheus.yml")
+    (job,) = [job for job in prometheus["scrape_configs"] if job["job_name"] == "tasklens"]
+    targets = job["static_configs"][0]["targets"]
+    assert f"celery-web:{web_port}" in targets
+    assert f"worker:{worker_env['TASKLENS_DEMO_WORKER_METRICS_PORT']}" in targets
 
 
 # --- Grafana ---------------------------------------------------------------------------------
@@ -283,6 +328,56 @@ def test_k8s_app_is_scraped_as_the_alerted_job() -> None:
     service = load(K8S / "service.yaml")["spec"]
     assert service["selector"].items() <= labels.items()
     assert {port["targetPort"] for port in service["ports"]} <= ports
+
+
+def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_k8s_celery_worker_and_web_are_scraped_as_the_alerted_job() -> None:
+    """Redis behind a Service, workers and the Celery web app scraped by their own PodMonitor
+    as job "tasklens" (the app's PodMonitor does not scrape them twice, nor they the app)."""
+    pods = {
+        name: load(K8S / f"{name}.yaml")
+        for name in ("deployment", "worker-deployment", "celery-web-deployment", "redis-deployment")
+    }
+    labels = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in pods.items()}
+    for name, deployment in pods.items():
+        assert _labels_match(deployment["spec"]["selector"]["matchLabels"], labels[name]), name
+        for other in pods:
+            if other != name:  # no two Deployments claim the same pods
+                selector = deployment["spec"]["selector"]["matchLabels"]
+                assert not _labels_match(selector, labels[other]), (name, other)
+    redis = load(K8S / "redis-service.yaml")
+    assert _labels_match(redis["spec"]["selector"], labels["redis-deployment"])
+    redis_ports = {redis["metadata"]["name"]: redis["spec"]["ports"][0]["port"]}
+
+    app_monitor = load(K8S / "podmonitor.yaml")["spec"]
+    monitor = load(K8S / "celery-podmonitor.yaml")["spec"]
+    endpoints = {e["port"] for e in monitor["podMetricsEndpoints"]}
+    for name in ("worker-deployment", "celery-web-deployment"):
+        (container,) = pods[name]["spec"]["template"]["spec"]["containers"]
+        assert PINNED.match(container["image"]), container["image"]
+        assert _labels_match(monitor["selector"]["matchLabels"], labels[name])
+        assert not _labels_match(app_monitor["selector"]["matchLabels"], labels[name])
+        assert labels[name][monitor["jobLabel"]] == "tasklens"  # the job the rules select
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert len(endpoints & set(ports)) == 1, (name, ports)  # scraped exactly once
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        _redis_url_names_a_service(env["TASKLENS_DEMO_BROKER_URL"], redis_ports)
+        if name == "worker-deployment":
+            assert container["args"][:4] == ["celery", "-A", "tasklens.demo_celery", "worker"]
+            assert env["TASKLENS_DEMO_WORKER_METRICS_HOST"] == "0.0.0.0"
+            assert int(env["TASKLENS_DEMO_WORKER_METRICS_PORT"]) == ports["metrics"]
+            mounts = [m["mountPath"] for m in container["volumeMounts"]]
+            # A subdirectory of the emptyDir: the worker creates it as its own user.
+            assert any(Path(env["PROMETHEUS_MULTIPROC_DIR"]).parent == Path(m) for m in mounts), (
+                env,
+                mounts,
+            )
+        else:
+            assert str(ports["http"]) in container["args"]
+    assert not _labels_match(monitor["selector"]["matchLabels"], labels["deployment"])
 
 
 # --- Logs: collector -> Loki, Grafana's trace <-> logs links ----------------------------------
@@ -469,3 +564,86 @@ def test_the_compose_app_exports_failure_records_that_join_their_traces(tmp_path
         assert record.resource["service.name"] == service
         assert record.attributes["exception.type"]
     assert {s.resource["service.name"] for s in spans} == {service}
+
+
+def test_the_compose_celery_services_run_as_configured(tmp_path: Path) -> None:
+    """Behaviour: the compose worker and Celery web commands, with their compose environment
+    (hosts and ports moved to loopback, a real redis-server for ``redis``, a real OTLP gRPC
+    receiver for the collector). Orders sent to the web app run on the worker: its /metrics
+    counts each declined card (the demo's seeded 20%) exactly, and its spans arrive as
+    CONSUMER spans of the worker's service, in the web request's trace."""
+    services = compose()["services"]
+    worker, web = services["worker"], services["celery-web"]
+    orders = range(1, 9)
+    declined = sum(random.Random(order).random() < 0.2 for order in orders)
+    assert 0 < declined < len(orders)  # the seeded choice is a mix, whatever the count
+    metrics_port, web_port = free_port(), free_port()
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(RedisServer(tmp_path / "redis"))
+        rx = stack.enter_context(OTLPReceiver())
+        moved = {
+            "TASKLENS_DEMO_BROKER_URL": redis.url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.grpc_endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "TASKLENS_DEMO_DIR": str(tmp_path),
+        }
+        worker_env = clean_env(
+            **{
+                **_environment(worker),
+                **moved,
+                "TASKLENS_DEMO_WORKER_METRICS_HOST": "127.0.0.1",
+                "TASKLENS_DEMO_WORKER_METRICS_PORT": str(metrics_port),
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "worker-metrics"),
+            }
+        )
+        worker_args = [str(Path(sys.executable).with_name("celery")), *worker["command"][1:]]
+        worker_args += ["--without-heartbeat", "--without-gossip", "--without-mingle"]
+        worker_proc = stack.enter_context(
+            ServerProcess(worker_args, worker_env, tmp_path / "worker.log", metrics_port)
+        )
+        worker_proc.wait_ready("/metrics", timeout=60)
+        web_args = [sys.executable, *web["command"][1:]]
+        web_args[web_args.index("--host") + 1] = "127.0.0.1"
+        web_args[web_args.index("--port") + 1] = str(web_port)
+        web_args.remove("--self-traffic")
+        web_env = clean_env(**{**_environment(web), **moved})
+        web_proc = stack.enter_context(
+            ServerProcess(web_args, web_env, tmp_path / "web.log", web_port)
+        )
+        web_proc.wait_ready("/health", timeout=60)
+        with httpx.Client(base_url=web_proc.base_url, timeout=10) as client:
+            for order in orders:
+                assert client.post(f"/orders/{order}").status_code == 200
+        task = "tasklens.demo_celery.charge_card"
+        with httpx.Client(base_url=worker_proc.base_url, timeout=10) as client:
+
+            def finished() -> Samples | None:
+                samples = scrape(client)
+                done = samples.total("bgtask_finished_total", task=task, executor="celery")
+                return samples if done == len(orders) else None
+
+            samples = wait_for(finished, timeout=30, what="every charge_card run on /metrics")
+        assert (
+            samples.value("bgtask_finished_total", task=task, executor="celery", outcome="failure")
+            == declined
+        )
+        assert (
+            samples.value(
+                "bgtask_failures_total",
+                task=task,
+                exception="tasklens.demo_celery.CardDeclinedError",
+            )
+            == declined
+        )
+
+        def consumer_spans(r: OTLPReceiver) -> list[Any]:
+            spans = [s for s in r.spans() if s.name == f"bgtask {task}" and s.kind == 5]
+            return spans if len(spans) == len(orders) else []
+
+        spans = rx.wait_for(consumer_spans, timeout=30)
+        by_id = {s.span_id: s for s in rx.spans()}
+    for span in spans:
+        assert span.resource["service.name"] == _environment(worker)["OTEL_SERVICE_NAME"]
+        send = by_id[span.parent_span_id]  # the web process's send span, same trace
+        assert send.trace_id == span.trace_id
+        assert send.resource["service.name"] == _environment(web)["OTEL_SERVICE_NAME"]
