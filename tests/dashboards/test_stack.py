@@ -140,3 +140,13 @@ def test_a_dying_process_fails_fast_with_its_log(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
     with pytest.raises(RuntimeError, match="boom"):
         stack.start_app(command, port=stack.free_port(), log_path=tmp_path / "app.log", timeout=10)
+
+
+def test_make_stack_runs_celery_unless_told_not_to() -> None:
+    """`make stack` (no arguments) starts Redis, a worker and the Celery demo too."""
+    options = stack._parse([])
+    assert options.celery is not None
+    assert options.celery.module == "tasklens.demo_celery"
+    assert options.celery.web_command is not None
+    assert options.celery.web_command[:3] == (sys.executable, "-m", "tasklens.demo_celery")
+    assert stack._parse(["--without-celery"]).celery is None
