@@ -13,6 +13,7 @@ send (the send's span) and the wall-clock time of ``add_task``, for the worker's
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .record import Message
 
 #: Message header: ``time.time_ns()`` at ``add_task``, in the web process.
 HEADER_ENQUEUED_NS = "tasklens_enqueued_ns"
+_logger = logging.getLogger("tasklens.runtime")
 MESSAGING_SYSTEM = "celery"
 
 
@@ -57,6 +59,7 @@ class CeleryDispatch:
         #: Registered task name -> (its serializer, its queue): Celery's settings lookups
         #: cost more than the rest of add_task.
         self._known: dict[str, tuple[str, str | None]] = {}
+        warn_unbounded_publish(app)
 
     def claim(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -109,6 +112,25 @@ class CelerySend:
         enqueued_ns = record.enqueued_ns if record is not None else time.time_ns()
         headers[HEADER_ENQUEUED_NS] = str(enqueued_ns)
         self.task.apply_async(args, kwargs, task_id=self.task_id, headers=headers)
+
+
+def warn_unbounded_publish(app: Any) -> bool:
+    """Warn (and return True) when the app's Redis broker has no socket timeout: a broker
+    that stops answering without closing the connection would then hold every send, and the
+    thread-pool slot it runs in, forever (kombu's default)."""
+    url = str(app.conf.broker_url or "")
+    options = app.conf.broker_transport_options or {}
+    if not url.startswith(("redis://", "rediss://", "sentinel://")):
+        return False
+    if options.get("socket_timeout") is not None:
+        return False
+    _logger.warning(
+        "tasklens: the Celery app %r has no broker socket timeout: a Redis broker that stops "
+        "answering would block each send (and its thread-pool slot) forever; set "
+        "broker_transport_options={'socket_timeout': 5, 'socket_connect_timeout': 5}",
+        app.main,
+    )
+    return True
 
 
 def _check_serializable(

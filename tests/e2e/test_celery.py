@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.celery_worker import celery_worker
 from tests.support.metrics import Samples, scrape, try_scrape
-from tests.support.net import free_port
+from tests.support.net import BlackholeServer, free_port
 from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.support.polling import wait_for
 from tests.support.redis_server import RedisServer
@@ -462,3 +462,62 @@ def test_worker_metrics_port_taken_stops_the_worker_naming_it(shop: Shop) -> Non
     log = second.log_text()
     assert f"cannot serve /metrics on 127.0.0.1:{first.port}" in log
     assert "metrics_port=" in log
+
+
+def test_broker_that_stops_answering_times_out_as_counted_failures(tmp_path: Path) -> None:
+    """A broker that accepts connections and never answers (the test app sets a 1 s socket
+    timeout): each send fails after its timeout and retries, counted; /health and the
+    requests' own connection keep working meanwhile."""
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    with BlackholeServer() as hole:
+        env = clean_env(
+            SHOP_BROKER_URL=f"redis://127.0.0.1:{hole.port}/0",
+            SHOP_OUTBOX=str(outbox),
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="none",
+        )
+        web = ServerProcess.uvicorn(
+            "tests.e2e.apps.celery_web:app", env, tmp_path / "web.log", free_port()
+        )
+        with web:
+            web.wait_ready("/health")
+            n = 3
+            with httpx.Client(base_url=web.base_url, timeout=10) as client:
+                started = time.monotonic()
+                for i in range(n):
+                    assert client.post(f"/send-notification/hole{i}@example.com").status_code == 200
+                    # the same keep-alive connection answers while its sends hang
+                    assert client.get("/health").status_code == 200
+                answered = time.monotonic() - started
+                samples = wait_for(
+                    lambda: (
+                        (s := scrape(client)).value(
+                            "bgtask_finished_total",
+                            task=NOTIFY,
+                            executor="broker",
+                            outcome="failure",
+                        )
+                        == n
+                        and s
+                    ),
+                    90,
+                    "3 timed-out sends",
+                )
+            assert hole.accepted >= 1
+            assert (
+                samples.value(
+                    "bgtask_finished_total", task=NOTIFY, executor="broker", outcome="failure"
+                )
+                == n
+            )
+            errors = samples.series("bgtask_failures_total")
+            assert sum(errors.values()) == n
+            assert lost(samples) == 0
+            assert (
+                samples.value(
+                    "bgtask_finished_total", task=AUDIT, executor="thread_pool", outcome="success"
+                )
+                == n
+            )
+    assert answered < 30  # inline tasks run after the response is sent: no request waited

@@ -150,3 +150,20 @@ def test_worker_detects_opentelemetry_instrumentation_celery_beside_it() -> None
     finally:
         CeleryInstrumentor().uninstrument()
     assert not _celery_instrumentor_active()
+
+
+def test_a_redis_broker_without_socket_timeout_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tasklens.runtime.celery_send import warn_unbounded_publish
+
+    unbounded = Celery("u", broker="redis://127.0.0.1:1/0")
+    bounded = Celery("b", broker="redis://127.0.0.1:1/0")
+    bounded.conf.broker_transport_options = {"socket_timeout": 5}
+    with caplog.at_level("WARNING", logger="tasklens.runtime"):
+        assert warn_unbounded_publish(unbounded)
+        assert not warn_unbounded_publish(bounded)
+        assert not warn_unbounded_publish(celery_app)  # memory://
+    (record,) = caplog.records
+    assert "'u' has no broker socket timeout" in record.getMessage()
+    assert "socket_timeout" in record.getMessage()

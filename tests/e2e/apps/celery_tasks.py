@@ -21,6 +21,8 @@ celery_app.conf.update(
     worker_hijack_root_logger=False,
     task_acks_late=False,
     worker_prefetch_multiplier=1,
+    # A broker that stops answering fails a send after this, instead of holding it forever.
+    broker_transport_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
 )
 log = structlog.get_logger("shop")
 
