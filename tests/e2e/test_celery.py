@@ -136,7 +136,7 @@ def lost(samples: Samples) -> float:
     )
 
 
-@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("solo", 1)])
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 2), ("solo", 1), ("threads", 2)])
 def test_requests_run_on_the_worker_in_the_requests_traces(
     shop: Shop, pool: str, concurrency: int
 ) -> None:
@@ -154,7 +154,7 @@ def test_requests_run_on_the_worker_in_the_requests_traces(
     audit_pids = {int(line.split()[0]) for line in shop.lines("audit.log")}
     assert audit_pids == {shop.web.proc.pid}  # every other task still runs in the web process
     assert shop.web.proc.pid not in run_pids
-    if pool == "solo":
+    if pool in ("solo", "threads"):
         assert run_pids == {worker.proc.pid}
     else:
         assert worker.proc.pid not in run_pids  # the pool's processes, not the main one
@@ -521,3 +521,26 @@ def test_broker_that_stops_answering_times_out_as_counted_failures(tmp_path: Pat
                 == n
             )
     assert answered < 30  # inline tasks run after the response is sent: no request waited
+
+
+def test_a_retry_is_a_failed_run_then_another_run(shop: Shop) -> None:
+    shop.start_worker("solo", 1)
+    assert shop.post("/sync/7").status_code == 200
+    wait_for(lambda: len(shop.lines("synced.log")) == 1, 30, "the retried run")
+    flaky = f"{TASKS}.flaky_sync"
+    w = wait_for(
+        lambda: (s := shop.worker_metrics()).total("bgtask_finished_total", task=flaky) == 2 and s,
+        10,
+        "two runs",
+    )
+    assert w.value("bgtask_enqueued_total", task=flaky) == 2
+    assert w.value("bgtask_finished_total", task=flaky, executor="celery", outcome="failure") == 1
+    assert w.value("bgtask_finished_total", task=flaky, executor="celery", outcome="success") == 1
+    assert w.value("bgtask_failures_total", task=flaky, exception="celery.exceptions.Retry") == 1
+    assert lost(w) == 0
+    web = shop.web_metrics()
+    assert web.value("bgtask_finished_total", task=flaky, executor="broker", outcome="success") == 1
+    runs = wait_for(
+        lambda: len(c := spans_named(shop.rx, f"bgtask {flaky}", CONSUMER)) == 2 and c, 20, "spans"
+    )
+    assert len({s.trace_id for s in runs}) == 1  # the retry stays in the request's trace

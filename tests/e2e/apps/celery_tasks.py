@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 from celery import Celery
@@ -42,6 +43,16 @@ def write_notification(email: str, message: str = "") -> None:
 @celery_app.task
 def capture_payment(order: int) -> None:
     raise PaymentDeclinedError(f"order {order} declined")
+
+
+@celery_app.task(bind=True, max_retries=3)
+def flaky_sync(self: Any, account: int) -> None:
+    """Asks for one retry, then succeeds (each attempt is a run)."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    outbox = Path(os.environ["SHOP_OUTBOX"])
+    with open(outbox / "synced.log", "a") as f:
+        f.write(f"{os.getpid()} synced {account} after {self.request.retries} retry\n")
 
 
 @celery_app.task

@@ -8,7 +8,13 @@ from pathlib import Path
 from fastapi import BackgroundTasks, FastAPI
 
 import tasklens
-from tests.e2e.apps.celery_tasks import capture_payment, celery_app, slow_report, write_notification
+from tests.e2e.apps.celery_tasks import (
+    capture_payment,
+    celery_app,
+    flaky_sync,
+    slow_report,
+    write_notification,
+)
 
 tasklens.setup(service_name="shop-web")
 app = FastAPI()
@@ -31,6 +37,12 @@ async def send_notification(email: str, background_tasks: BackgroundTasks) -> di
 async def pay(order: int, background_tasks: BackgroundTasks) -> dict[str, int]:
     background_tasks.add_task(capture_payment, order)
     return {"order": order}
+
+
+@app.post("/sync/{account}")
+async def sync(account: int, background_tasks: BackgroundTasks) -> dict[str, int]:
+    background_tasks.add_task(flaky_sync, account)
+    return {"account": account}
 
 
 @app.post("/report")
