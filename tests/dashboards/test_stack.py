@@ -7,6 +7,9 @@ cleanly, and a failure alert must travel Prometheus -> Alertmanager -> webhook.
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -21,6 +24,7 @@ from dashboards import config
 from dashboards.config import Params
 from dashboards.rules import write_rules
 from deploy.local import stack
+from deploy.local.processes import redis_answers
 from tests.dashboards import queries
 from tests.dashboards.tools import require_tool
 
@@ -150,3 +154,58 @@ def test_make_stack_runs_celery_unless_told_not_to() -> None:
     assert options.celery.web_command is not None
     assert options.celery.web_command[:3] == (sys.executable, "-m", "tasklens.demo_celery")
     assert stack._parse(["--without-celery"]).celery is None
+
+
+def test_make_stack_starts_redis_a_worker_and_the_celery_demo(tmp_path: Path) -> None:
+    """`python -m deploy.local.stack` as `make stack` runs it (shorter intervals): the demo,
+    the Celery demo's web app and a real worker are scraped as three instances of job
+    tasklens, the worker's runs appear as executor="celery", and SIGTERM stops everything."""
+    require_tool("redis-server", "redis-server")
+    require_tool("prometheus", "prometheus")
+    command = [sys.executable, "-m", "deploy.local.stack", "--state-dir", str(tmp_path),
+               "--scrape-interval", "1s", "--evaluation-interval", "1s"]  # fmt: skip
+    log = tmp_path / "stack.out"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=config.REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+
+        def urls() -> dict[str, str] | None:
+            assert process.poll() is None, log.read_text()
+            found = dict(re.findall(r"^([a-z ]+):\s+(\S+)", log.read_text(), re.MULTILINE))
+            return found if "configs and logs" in found else None
+
+        printed = eventually(urls, timeout=90)
+        prometheus = printed["prometheus"]
+        broker = printed["broker"]
+        assert broker.startswith("redis://127.0.0.1:")
+
+        def three_up() -> list[Any]:
+            result = api(prometheus, "/api/v1/query", query='up{job="tasklens"} == 1')["result"]
+            return result if len(result) == 3 else []
+
+        instances = {r["metric"]["instance"] for r in eventually(three_up)}
+        worker = printed["celery worker"].removeprefix("http://").removesuffix("/metrics")
+        web = printed["celery demo"].removeprefix("http://").removesuffix("/metrics")
+        assert {worker, web} < instances
+
+        def celery_runs() -> list[Any]:
+            selector = f'bgtask_finished_total{{instance="{worker}", executor="celery"}}'
+            query = f"sum by (task) ({selector}) > 0"
+            return api(prometheus, "/api/v1/query", query=query)["result"]
+
+        tasks = {r["metric"]["task"] for r in eventually(celery_runs)}
+        assert tasks <= {
+            f"tasklens.demo_celery.{t}" for t in ("charge_card", "send_receipt", "build_invoice")
+        }
+        assert tasks
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert process.returncode == 0, log.read_text()
+    port = int(broker.rsplit(":", 1)[1].split("/")[0])
+    assert not redis_answers(port), "redis-server outlived the stack"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{prometheus}/-/ready", timeout=2)
