@@ -38,6 +38,8 @@ celery_app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     worker_prefetch_multiplier=1,
+    # A broker that stops answering fails a send after 5 s (counted) instead of holding it.
+    broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
 )
 
 
