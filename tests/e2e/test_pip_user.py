@@ -169,3 +169,68 @@ def test_readme_example_runs_under_uvicorn(venv: Path, tmp_path: Path) -> None:
     assert finished == 1.0
     written = (tmp_path / "log.txt").read_text()
     assert written == "notification for ada@example.com: some notification"
+
+
+def _readme_block(marker: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(rf"<!-- example:{marker} -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, f"README lost its {marker} example"
+    return match.group(1)
+
+
+def test_readme_celery_example_runs_with_a_real_broker_and_worker(
+    venv: Path, tmp_path: Path
+) -> None:
+    """'When one process is not enough', as written (broker and metrics port moved to free
+    ones): the installed wheel with its celery extra, ``celery -A shop worker`` (prefork,
+    the README's command), uvicorn, one request -> one run counted on the worker."""
+    from tests.support.celery_worker import celery_worker
+    from tests.support.redis_server import RedisServer
+
+    python = venv / "bin" / "python"
+    _run(python, "-m", "pip", "install", "-q", "celery[redis]>=5.3.0", "fastapi", "uvicorn",
+         cwd=tmp_path)  # fmt: skip
+    worker_port = free_port()
+    with RedisServer(tmp_path / "redis") as redis:
+        shop = _readme_block("celery-shop")
+        assert "redis://127.0.0.1:6379/0" in shop and "metrics_port=9808" in shop
+        shop = shop.replace("redis://127.0.0.1:6379/0", redis.url)
+        (tmp_path / "shop.py").write_text(shop.replace("9808", str(worker_port)))
+        (tmp_path / "main.py").write_text(_readme_block("celery-main"))
+        env = clean_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "worker-metrics"))
+        env.pop("PYTHONPATH")
+        env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+        worker = celery_worker("shop", env, tmp_path / "worker.log", worker_port)
+        worker.args[0] = str(venv / "bin" / "celery")
+        worker.cwd = tmp_path
+        port = free_port()
+        web_args = [str(python), "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
+                    "--port", str(port)]  # fmt: skip
+        with worker, ServerProcess(web_args, env, tmp_path / "web.log", port, cwd=tmp_path) as web:
+            worker.wait_ready("/metrics")
+            web.wait_ready("/docs")
+            with httpx.Client(base_url=web.base_url, timeout=10) as client:
+                answer = client.post("/send-notification/ada@example.com")
+                assert answer.json() == {"message": "Notification sent in the background"}
+                sent = wait_for(
+                    lambda: scrape(client).value(
+                        "bgtask_finished_total",
+                        task="shop.write_notification",
+                        executor="broker",
+                        outcome="success",
+                    ),
+                    10,
+                    "the send in the web's /metrics",
+                )
+            with httpx.Client(base_url=worker.base_url, timeout=10) as client:
+                ran = wait_for(
+                    lambda: scrape(client).value(
+                        "bgtask_finished_total",
+                        task="shop.write_notification",
+                        executor="celery",
+                        outcome="success",
+                    ),
+                    30,
+                    "the README task run on the worker",
+                )
+    assert (sent, ran) == (1.0, 1.0)
