@@ -86,6 +86,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 	$(MAKE) -s system-deps
 	$(BIN)/python -m bench.case_celery
+	$(BIN)/python -m bench.case_live_page
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke

@@ -2,9 +2,10 @@
 
 Everything the page shows (``ui_path``, :mod:`telemetry.live_page`) comes from here, fed by
 the same hook that feeds spans and metrics, so the page and ``/metrics`` count the same tasks.
-Per task the hook copies a few fields of the record (never the record, its function, its
-arguments or its context) into a small entry and bumps two sets of counters; nothing is
-formatted, serialised or sent until somebody opens the page.
+Per task the hook appends one tuple of fields of the record (never the record, its
+function or its arguments; its parent context until the next pass) to a pending deque;
+every :data:`DRAIN_AT` tasks, or when the page asks, one pass turns them into entries and
+counters. Nothing is formatted, serialised or sent until somebody opens the page.
 
 Bounds (documented in docs/live-page.md, tested under 100,000 tasks):
 
@@ -28,7 +29,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
@@ -45,8 +46,19 @@ MAX_MESSAGE_CHARS = 300
 MAX_TRACEBACK_CHARS = 8000
 SERIES_SECONDS = 120
 SUMMARY_MINUTES = 5
+#: Tasks appended before the hook records them in one pass (and before every read).
+DRAIN_AT = 64
 _BUCKETS = DURATION_BUCKETS
 _NO_BUCKETS = (0,) * (len(_BUCKETS) + 1)  # the last one is +Inf
+
+
+_NOTHING = object()
+#: ``TaskEntry(*fields)`` without the generated ``__new__`` (half the time, once per task).
+_new_entry = tuple.__new__
+
+
+def _current_span_context() -> trace.SpanContext:
+    return trace.get_current_span().get_span_context()
 
 
 def _cut(text: str, limit: int) -> str:
@@ -54,60 +66,43 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
-class TaskEntry:
-    """What the page keeps of one finished task (copied from its record)."""
+class TaskEntry(NamedTuple):
+    """What the page keeps of one finished task: raw fields copied from its record (one
+    tuple, built once; wall-clock times and hex ids are derived when the page asks)."""
 
-    __slots__ = (
-        "args",
-        "batch_size",
-        "duration",
-        "enqueued_ns",
-        "error_message",
-        "error_type",
-        "executor",
-        "finished_ns",
-        "index",
-        "loop_blocked",
-        "loop_blocking",
-        "name",
-        "outcome",
-        "queue",
-        "request",
-        "seq",
-        "span_id",
-        "started_ns",
-        "trace_id",
-        "wait",
-    )
+    seq: int
+    name: str
+    executor: str
+    outcome: str
+    enqueued_ns: int
+    enqueued_at: float
+    started_at: float | None
+    finished_at: float | None
+    finished_ns: int
+    wait: float | None
+    loop_blocking: float | None
+    loop_blocked: bool
+    position: int  # index among its response's tasks
+    batch_size: int
+    trace_id: int
+    span_id: int
+    request: tuple[int, int] | None
+    error_type: str | None
+    error_message: str | None
+    args: dict[str, Any] | None
 
-    def __init__(self, seq: int, task: TaskRecord, finished_ns: int) -> None:
-        self.seq = seq
-        self.name = task.name
-        self.executor = str(task.executor)
-        self.outcome = str(task.outcome)
-        # Wall-clock times from the enqueue time and the runtime's perf_counter offsets.
-        enqueued = self.enqueued_ns = task.enqueued_ns
-        started = task.started_at
-        self.started_ns = (
-            0 if started is None else enqueued + int((started - task.enqueued_at) * 1e9)
-        )
-        end = task.finished_at
-        self.finished_ns = (
-            finished_ns if end is None else enqueued + int((end - task.enqueued_at) * 1e9)
-        )
-        self.queue = task.queue_seconds if task.started_at is not None else None
-        self.wait = task.threadpool_wait
-        self.duration = task.duration_seconds if task.finished_at is not None else None
-        self.loop_blocked = task.loop_blocked
-        self.loop_blocking = task.loop_blocking
-        self.index = task.index
-        self.batch_size = task.batch_size
-        self.trace_id = 0
-        self.span_id = 0
-        self.request: tuple[int, int] | None = None
-        self.error_type: str | None = None
-        self.error_message: str | None = None
-        self.args: dict[str, Any] | None = None
+    @property
+    def queue(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.enqueued_at
+
+    @property
+    def duration(self) -> float | None:
+        started, finished = self.started_at, self.finished_at
+        return None if started is None or finished is None else finished - started
+
+    def _wall_ns(self, at: float | None) -> int | None:
+        """A perf_counter time of the record on the wall clock (its enqueue time's)."""
+        return None if at is None else self.enqueued_ns + int((at - self.enqueued_at) * 1e9)
 
     def as_dict(self) -> dict[str, Any]:
         request = self.request
@@ -117,8 +112,8 @@ class TaskEntry:
             "executor": self.executor,
             "outcome": self.outcome,
             "enqueued_ns": self.enqueued_ns,
-            "started_ns": self.started_ns or None,
-            "finished_ns": self.finished_ns,
+            "started_ns": self._wall_ns(self.started_at),
+            "finished_ns": self._wall_ns(self.finished_at) or self.finished_ns,
             "queue_seconds": self.queue,
             "threadpool_wait_seconds": self.wait,
             "duration_seconds": self.duration,
@@ -129,7 +124,7 @@ class TaskEntry:
             "error_message": self.error_message,
             "loop_blocked": self.loop_blocked,
             "loop_blocking_seconds": self.loop_blocking,
-            "index": self.index,
+            "index": self.position,
             "batch_size": self.batch_size,
             "args": self.args,
         }
@@ -216,10 +211,16 @@ def quantile(q: float, buckets: Sequence[int]) -> float | None:
 
 class LiveBuffer(TaskObserver):
     """The live page's observer (last in the default list, so its ``finished`` runs first,
-    while the task span is still current and its id can be read)."""
+    while the task span is still current and its id can be read).
+
+    ``finished`` only reads what cannot be read later (the task span; the failure, cut) and
+    appends one tuple to ``pending`` (``deque.append`` is atomic: no lock in the hook). Every
+    :data:`DRAIN_AT` tasks, and before each read, :meth:`drain` turns what is pending into
+    entries, traces and counters in one pass under the lock."""
 
     def __init__(self, record_args: bool = False) -> None:
         self.record_args = record_args
+        self.pending: deque[tuple[Any, ...]] = deque()
         self.tasks: deque[TaskEntry] = deque(maxlen=MAX_TASKS)
         self.traces: OrderedDict[tuple[int, int], RequestTrace] = OrderedDict()
         self.tracebacks: OrderedDict[int, str] = OrderedDict()
@@ -228,39 +229,115 @@ class LiveBuffer(TaskObserver):
         #: Tasks recorded since the start, by outcome (what bgtask_finished_total counts).
         self.totals: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.seq = 0
-        #: Sync tasks finish in worker threads: one lock keeps every count exact.
+        #: Sync tasks finish in worker threads: draining and reading hold this lock.
         self.lock = threading.Lock()
 
     def finished(self, task: TaskRecord) -> None:
-        now_ns = time.time_ns()
-        failure = task_failure(task) if task.error is not None else None
-        parent = trace.get_current_span(task.parent_context)
-        parent_ctx = parent.get_span_context()
+        started = task.started_at
         # The task span is current only for a task that ran (skipped and abandoned tasks
         # finish outside their context; their span is made after this hook).
-        current = trace.get_current_span().get_span_context() if task.started_at else None
+        current = _current_span_context() if started is not None else None
+        failure = None
+        if task.error is not None:
+            described = task_failure(task)  # made once for the span and log observers too
+            if described is not None:
+                failure = (
+                    described.type,
+                    _cut(described.message, MAX_MESSAGE_CHARS),
+                    _cut(described.stacktrace, MAX_TRACEBACK_CHARS),
+                )
         args = None
         if self.record_args and (task.args or task.kwargs):
-            described = describe_args(task.args, task.kwargs, task.func)
-            args = {"args": described.args, "kwargs": described.kwargs}
+            given = describe_args(task.args, task.kwargs, task.func)
+            args = {"args": given.args, "kwargs": given.kwargs}
+        pending = self.pending
+        pending.append((
+            task.name, task.executor, task.outcome, task.enqueued_ns, task.enqueued_at,
+            started, task.finished_at, task.threadpool_wait, task.loop_blocking,
+            task.loop_blocked, task.index, task.batch_size, task.parent_context, current,
+            failure, args,
+        ))  # fmt: skip
+        if len(pending) >= DRAIN_AT:
+            self.drain()
+
+    def drain(self) -> None:
+        """Record what is pending (see the class docstring)."""
         with self.lock:
-            self.seq += 1
-            entry = TaskEntry(self.seq, task, now_ns)
-            entry.args = args
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        pending = self.pending
+        tasks, tracebacks, totals = self.tasks, self.tracebacks, self.totals
+        seconds, minutes = self.seconds, self.minutes
+        last_context: object = _NOTHING
+        parent: Any = None
+        parent_ctx: Any = None
+        while pending:
+            (name, executor, outcome, enqueued_ns, enqueued_at, started, finished, wait,
+             blocking, blocked, index, batch_size, parent_context, current, failure,
+             args) = pending.popleft()  # fmt: skip
+            if parent_context is not last_context:  # a response's tasks share their context
+                last_context = parent_context
+                parent = trace.get_current_span(parent_context)
+                parent_ctx = parent.get_span_context()
+            trace_id = span_id = 0
+            request = None
             if parent_ctx.is_valid:
-                entry.request = request = (parent_ctx.trace_id, parent_ctx.span_id)
-                entry.trace_id = parent_ctx.trace_id
-                self._add_to_trace(request, parent, entry)
+                trace_id = parent_ctx.trace_id
+                request = (trace_id, parent_ctx.span_id)
             if current is not None and current.is_valid and current.span_id != parent_ctx.span_id:
-                entry.trace_id, entry.span_id = current.trace_id, current.span_id  # task span
+                trace_id, span_id = current.trace_id, current.span_id
+            error_type = message = None
             if failure is not None:
-                entry.error_type = failure.type
-                entry.error_message = _cut(failure.message, MAX_MESSAGE_CHARS)
-                self.tracebacks[entry.seq] = _cut(failure.stacktrace, MAX_TRACEBACK_CHARS)
-                if len(self.tracebacks) > MAX_FAILURES:
-                    self.tracebacks.popitem(last=False)
-            self.tasks.append(entry)
-            self._count(entry, now_ns // 1_000_000_000)
+                error_type, message, stacktrace = failure
+            outcome = str(outcome)
+            finished_ns = (
+                time.time_ns() if finished is None
+                else enqueued_ns + int((finished - enqueued_at) * 1e9)
+            )  # fmt: skip
+            self.seq = seq = self.seq + 1
+            entry = _new_entry(TaskEntry, (
+                seq, name, str(executor), outcome, enqueued_ns, enqueued_at, started, finished,
+                finished_ns, wait, blocking, blocked, index, batch_size, trace_id, span_id,
+                request, error_type, message, args,
+            ))  # fmt: skip
+            tasks.append(entry)
+            if request is not None:
+                self._add_to_trace(request, parent, entry)
+            if failure is not None:
+                tracebacks[seq] = stacktrace
+                if len(tracebacks) > MAX_FAILURES:
+                    tracebacks.popitem(last=False)
+            # Counters: since the start, per second (plots), per minute and name (summary),
+            # at the second the task finished.
+            totals[outcome] = totals.get(outcome, 0) + 1
+            second = finished_ns // 1_000_000_000
+            slot = seconds[second % SERIES_SECONDS]
+            if slot.second != second:
+                if slot.second > second:  # older than the series (a long-pending task)
+                    slot = _Second(second)
+                else:
+                    slot = seconds[second % SERIES_SECONDS] = _Second(second)
+            slot.outcomes[outcome] = slot.outcomes.get(outcome, 0) + 1
+            minute = second // 60
+            bucket = minutes[minute % SUMMARY_MINUTES]
+            if bucket.minute != minute:
+                if bucket.minute > minute:
+                    bucket = _Minute(minute)
+                else:
+                    bucket = minutes[minute % SUMMARY_MINUTES] = _Minute(minute)
+            stats = bucket.names.get(name)
+            if stats is None:
+                stats = bucket.names[name] = _NameStats()
+            stats.count += 1
+            if outcome == "failure":
+                stats.failures += 1
+            if started is not None:
+                i = bisect_left(_BUCKETS, started - enqueued_at)
+                slot.queue[i] += 1
+                stats.queue[i] += 1
+                if finished is not None:
+                    stats.duration[bisect_left(_BUCKETS, finished - started)] += 1
 
     def _add_to_trace(self, key: tuple[int, int], span: trace.Span, entry: TaskEntry) -> None:
         request = self.traces.get(key)
@@ -273,35 +350,12 @@ class LiveBuffer(TaskObserver):
         else:
             request.dropped += 1
 
-    def _count(self, entry: TaskEntry, second: int) -> None:
-        outcome = entry.outcome
-        self.totals[outcome] = self.totals.get(outcome, 0) + 1
-        slot = self.seconds[second % SERIES_SECONDS]
-        if slot.second != second:
-            slot = self.seconds[second % SERIES_SECONDS] = _Second(second)
-        slot.outcomes[outcome] = slot.outcomes.get(outcome, 0) + 1
-        minute = second // 60
-        bucket = self.minutes[minute % SUMMARY_MINUTES]
-        if bucket.minute != minute:
-            bucket = self.minutes[minute % SUMMARY_MINUTES] = _Minute(minute)
-        stats = bucket.names.get(entry.name)
-        if stats is None:
-            stats = bucket.names[entry.name] = _NameStats()
-        stats.count += 1
-        if outcome == "failure":
-            stats.failures += 1
-        if entry.queue is not None:
-            i = bisect_left(_BUCKETS, entry.queue)
-            slot.queue[i] += 1
-            stats.queue[i] += 1
-        if entry.duration is not None:
-            stats.duration[bisect_left(_BUCKETS, entry.duration)] += 1
-
     # --- reading (the page's requests; under the lock, no per-task cost) -----------------
 
     def recent(self, after: int = 0, limit: int = MAX_TASKS) -> tuple[int, list[dict[str, Any]]]:
         """The last sequence number and the tasks after ``after``, oldest first."""
         with self.lock:
+            self._drain_locked()
             last = self.seq
             entries = [e for e in self.tasks if e.seq > after][-limit:]
         return last, [e.as_dict() for e in entries]
@@ -309,6 +363,7 @@ class LiveBuffer(TaskObserver):
     def task(self, seq: int) -> dict[str, Any] | None:
         """One kept task with its traceback (if still among the last :data:`MAX_FAILURES`)."""
         with self.lock:
+            self._drain_locked()
             entry = next((e for e in reversed(self.tasks) if e.seq == seq), None)
             if entry is None:
                 entry = next(
@@ -322,10 +377,11 @@ class LiveBuffer(TaskObserver):
     def request(self, key: tuple[int, int]) -> dict[str, Any] | None:
         """A request and its kept tasks in the order they were added."""
         with self.lock:
+            self._drain_locked()
             request = self.traces.get(key)
             if request is None:
                 return None
-            entries = sorted(request.tasks, key=lambda e: (e.enqueued_ns, e.index, e.seq))
+            entries = sorted(request.tasks, key=lambda e: (e.enqueued_at, e.position, e.seq))
             tracebacks = {e.seq: self.tracebacks.get(e.seq) for e in entries if e.error_type}
             dropped = request.dropped
         tasks = [{**e.as_dict(), "traceback": tracebacks.get(e.seq)} for e in entries]
@@ -349,6 +405,7 @@ class LiveBuffer(TaskObserver):
         second = int(time.time() if now is None else now)
         minute = second // 60
         with self.lock:
+            self._drain_locked()
             merged: dict[str, _NameStats] = {}
             for bucket in self.minutes:
                 if minute - SUMMARY_MINUTES < bucket.minute <= minute:
