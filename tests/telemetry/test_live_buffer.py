@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 import tasklens
@@ -194,3 +194,24 @@ def test_metrics_auth_may_protect_the_page_alone() -> None:
     with TestClient(app) as client:
         assert client.get("/tasks").status_code == 401
         assert client.get("/tasks/api/live").status_code == 401
+
+
+def test_page_under_a_mount_point_links_its_own_files() -> None:
+    async def endpoint(request: Request) -> Response:
+        tasks = BackgroundTasks()
+        tasks.add_task(ok_sync, 1)
+        return Response(b"", background=tasks)
+
+    sub = Starlette(routes=[Route("/work", endpoint)])
+    tasklens.instrument(sub, ui_path="/tasks", metrics_path=None)
+    app = Starlette(routes=[Mount("/sub", app=sub)])
+    with TestClient(app) as client:
+        assert client.get("/sub/work").status_code == 200
+        page = client.get("/sub/tasks")
+        assert page.status_code == 200
+        assert 'src="/sub/tasks/app.js"' in page.text and 'content="/sub/tasks"' in page.text
+        assert client.get("/sub/tasks/app.js").headers["content-type"].startswith("text/javascript")
+        assert [t["name"] for t in client.get("/sub/tasks/api/live").json()["tasks"]] == [
+            f"{__name__}.ok_sync"
+        ]
+        assert client.get("/tasks").status_code == 404  # relative to the mount point
