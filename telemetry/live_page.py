@@ -21,6 +21,7 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio.to_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -93,7 +94,11 @@ class LivePage:
                 )
                 return
         try:
-            status, headers, body = self._answer(scope, rest)
+            if rest.startswith("/api/"):
+                # Off the event loop, as /metrics renders: a first look serialises 1,000 tasks.
+                status, headers, body = await anyio.to_thread.run_sync(self._answer, scope, rest)
+            else:
+                status, headers, body = self._answer(scope, rest)
         except Exception:
             _logger.exception("tasklens: the live page failed to answer %s", rest or "/")
             status, headers, body = 500, _text_headers(), b"live page failed\n"
