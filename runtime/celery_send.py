@@ -32,18 +32,20 @@ _logger = logging.getLogger("tasklens.runtime")
 MESSAGING_SYSTEM = "celery"
 
 
-def require_celery_app(app: object) -> None:
+def require_celery_app(app: object, where: str = "instrument()") -> None:
     """Raise ``TypeError`` unless ``app`` is a ``celery.Celery`` application (``ImportError``
-    naming the extra when Celery is not installed)."""
+    naming the extra when Celery is not installed). The message names the type only: the
+    repr of a Celery config would show the broker URL, password included."""
     try:
         from celery import Celery
     except ImportError as exc:  # pragma: no cover - the dev extra installs it
         raise ImportError(
-            "instrument(celery=...) needs Celery: pip install 'tasklens[celery]'"
+            f"{where}: Celery tasks need Celery: pip install 'tasklens[celery]'"
         ) from exc
     if not isinstance(app, Celery):
         raise TypeError(
-            f"instrument(): invalid celery={app!r}; expected a celery.Celery application"
+            f"{where}: invalid celery app, a {type(app).__module__}.{type(app).__qualname__}; "
+            "expected a celery.Celery application"
         )
 
 
@@ -56,18 +58,23 @@ class CeleryDispatch:
 
         self.app = app
         self._task_type = Task
-        #: Registered task name -> (its serializer, its queue): Celery's settings lookups
-        #: cost more than the rest of add_task.
-        self._known: dict[str, tuple[str, str | None]] = {}
+        #: Registered task name -> (the app's task, its serializer): Celery's settings
+        #: lookups cost more than the rest of add_task.
+        self._known: dict[str, tuple[Any, str]] = {}
         warn_unbounded_publish(app)
 
     def claim(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> CelerySend | None:
-        """The send of ``func`` when it is a task registered in this Celery app, else None.
+        """The send of ``func`` when it is a task registered in this Celery app, else None
+        (an eager app, ``task_always_eager``, runs its tasks here: None too).
 
-        Raises ``TypeError`` at ``add_task`` when an argument cannot be serialized by the
-        task's serializer, naming the argument (and nothing of its value)."""
+        The send goes through the app's own registered task, so a ``@shared_task`` proxy
+        (which would resolve Celery's per-thread current app in the sending thread) and a
+        task shared from another app both go to this app's broker. Raises ``TypeError`` at
+        ``add_task`` for arguments the task's signature refuses (Celery's own check, as
+        ``.delay()`` does) or its serializer cannot serialize, naming the argument and
+        nothing of its value."""
         if not isinstance(func, self._task_type):
             return None
         name = func.name
@@ -75,13 +82,35 @@ class CeleryDispatch:
         if known is None:
             if not isinstance(name, str) or name not in self.app.tasks:
                 return None
-            serializer = func.serializer or self.app.conf.task_serializer
-            queue = getattr(func, "queue", None) or self.app.conf.task_default_queue
+            task = self.app.tasks[name]
+            serializer = task.serializer or self.app.conf.task_serializer
             # Bounded by the app's registry: one entry per registered task name.
-            known = self._known[name] = (str(serializer), str(queue) if queue else None)
-        serializer, queue = known
-        _check_serializable(func, name, serializer, args, kwargs)
-        return CelerySend(func, name, queue)
+            known = self._known[name] = (task, str(serializer))
+        if self.app.conf.task_always_eager:
+            return None
+        task, serializer = known
+        if getattr(task, "typing", True):
+            check = getattr(task, "__header__", None)
+            if check is not None:
+                try:
+                    check(*args, **kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"add_task({name}): {exc}") from None
+        _check_serializable(task, name, serializer, args, kwargs)
+        return CelerySend(task, name, self._queue(task, name, args, kwargs))
+
+    def _queue(
+        self, task: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str | None:
+        """The queue Celery's router picks (``task_routes``, the task's ``queue``, the
+        default), for the span's ``messaging.destination.name``."""
+        try:
+            options = {"queue": task.queue} if getattr(task, "queue", None) else {}
+            queue = self.app.amqp.router.route(options, name, args, kwargs).get("queue")
+        except Exception:  # a user router that raises: Celery will say so at the send
+            return None
+        queue_name = getattr(queue, "name", queue)
+        return str(queue_name) if queue_name else None
 
 
 class CelerySend:

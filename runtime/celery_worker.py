@@ -80,11 +80,13 @@ class CeleryWorkerRuntime:
     """Connects to Celery's signals and records every task of ``app`` through ``runner``."""
 
     def __init__(self, app: Any, runner: TaskRunner) -> None:
-        require_celery_app(app)
+        require_celery_app(app, "instrument_worker()")
         self.app = app
         self.runner = runner
-        self._records: dict[str, TaskRecord] = {}
-        self._errors: dict[str, BaseException] = {}
+        #: (task id, thread) -> the running record and what finishing it restores: the same
+        #: message may run twice at once in a threads pool (a redelivery).
+        self._records: dict[tuple[str, int], tuple[TaskRecord, Any]] = {}
+        self._errors: dict[tuple[str, int], BaseException] = {}
         self._lock = threading.Lock()
         self._connected = False
 
@@ -145,9 +147,9 @@ class CeleryWorkerRuntime:
                 _int_or_none(enqueued),
             )
             record.message = Message(MESSAGING_SYSTEM, "process", task_id, queue)
+            token = self.runner.start_external(record)
             with self._lock:
-                self._records[task_id] = record
-            self.runner.start_external(record)
+                self._records[(task_id, threading.get_ident())] = (record, token)
         except Exception:  # never in the way of the task itself
             _logger.exception("tasklens: recording the start of %s failed", task_id)
 
@@ -160,9 +162,10 @@ class CeleryWorkerRuntime:
     ) -> None:
         if task_id is None or not self._ours(sender):
             return
+        key = (task_id, threading.get_ident())
         with self._lock:
-            if task_id in self._records and exception is not None:
-                self._errors[task_id] = exception
+            if key in self._records and exception is not None:
+                self._errors[key] = exception
 
     def _postrun(
         self,
@@ -174,17 +177,19 @@ class CeleryWorkerRuntime:
     ) -> None:
         if task_id is None:
             return
+        key = (task_id, threading.get_ident())
         with self._lock:
-            record = self._records.pop(task_id, None)
-            error = self._errors.pop(task_id, None)
-        if record is None:
+            entry = self._records.pop(key, None)
+            error = self._errors.pop(key, None)
+        if entry is None:
             return
+        record, token = entry
         outcome = _OUTCOMES.get(str(state), OUTCOME_FAILURE)
         if outcome == OUTCOME_FAILURE and error is None and isinstance(retval, BaseException):
             error = retval
         if outcome != OUTCOME_FAILURE:
             error = None
-        self.runner.finish_external(record, outcome, error)
+        self.runner.finish_external(record, outcome, error, token)
 
 
 def _int_or_none(value: str | None) -> int | None:

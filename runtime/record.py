@@ -55,6 +55,7 @@ class TaskRecord:
         "observer_state",
         "outcome",
         "parent_context",
+        "queue_known",
         "started_at",
         "started_ns",
         "threadpool_wait",
@@ -98,6 +99,9 @@ class TaskRecord:
         self.claimed = False
         #: A task that travels as a message (Celery): what the message is; else None.
         self.message: Message | None = None
+        #: False when the enqueue time is unknown (a message that came without one): its
+        #: queue time is then not recorded.
+        self.queue_known = True
 
     @property
     def name(self) -> str:

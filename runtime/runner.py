@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -56,6 +57,10 @@ except ImportError:  # newer anyio releases no longer need sniffio
 
 _logger = logging.getLogger("tasklens.runtime")
 _perf = time.perf_counter
+
+
+#: A remote enqueue time further back than this (30 days) is not a queue time.
+MAX_REMOTE_WAIT_NS = 30 * 24 * 3600 * 10**9
 
 
 def _ran(*_: Any, **__: Any) -> None:
@@ -195,30 +200,39 @@ class TaskRunner:
     ) -> TaskRecord:
         """A task that arrived from elsewhere, enqueued at wall-clock ``enqueued_ns`` (in
         another process: its queue time runs from then; a clock behind that time is clamped
-        to 0 queue time and announced to ``clock_skewed(record, seconds)`` hooks)."""
+        to 0 queue time and announced to ``clock_skewed(record, seconds)`` hooks). Without
+        a time, or with one more than :data:`MAX_REMOTE_WAIT_NS` ago (not a clock a queue
+        time can be measured against), the queue time is unknown and not recorded."""
         record = TaskRecord(identity, func, args, kwargs, False, parent)
         record.claimed = True
-        if enqueued_ns is not None:
-            waited = record.enqueued_ns - enqueued_ns
-            if waited < 0:
-                _notify(self._on_clock_skew, record, -waited / 1e9)
-            else:
-                record.enqueued_at -= waited / 1e9
-                record.enqueued_ns = enqueued_ns
+        waited = None if enqueued_ns is None else record.enqueued_ns - enqueued_ns
+        if waited is None or waited > MAX_REMOTE_WAIT_NS:
+            record.queue_known = False
+        elif waited < 0:
+            _notify(self._on_clock_skew, record, -waited / 1e9)
+        else:
+            record.enqueued_at -= waited / 1e9
+            record.enqueued_ns = enqueued_ns  # type: ignore[assignment]
         if self._bounded:
             with self._count_lock:
                 self.unfinished += 1
         _notify(self._on_enqueued, record)
         return record
 
-    def start_external(self, record: TaskRecord) -> None:
-        """The engine is about to call the task's function, in this thread and context."""
-        current_task_var.set(record)
+    def start_external(self, record: TaskRecord) -> contextvars.Token[TaskRecord | None]:
+        """The engine is about to call the task's function, in this thread and context;
+        returns what :meth:`finish_external` restores (a task run inside another task)."""
+        token = current_task_var.set(record)
         _notify(self._on_started, record)
         record.started_at = _perf()
+        return token
 
     def finish_external(
-        self, record: TaskRecord, outcome: Outcome, error: BaseException | None = None
+        self,
+        record: TaskRecord,
+        outcome: Outcome,
+        error: BaseException | None = None,
+        token: contextvars.Token[TaskRecord | None] | None = None,
     ) -> None:
         """The engine's call returned (``outcome``, ``error`` on failure)."""
         record.outcome = outcome
@@ -226,7 +240,10 @@ class TaskRunner:
         try:
             self._finish(record)
         finally:
-            if current_task_var.get() is record:
+            if token is not None:
+                with contextlib.suppress(ValueError):  # another context than the start's
+                    current_task_var.reset(token)
+            elif current_task_var.get() is record:
                 current_task_var.set(None)
 
     # --- backpressure -----------------------------------------------------------------

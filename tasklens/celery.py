@@ -18,6 +18,7 @@ worker's environment (a directory of its own; wiped when the worker starts). The
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from tasklens.runtime.celery_send import require_celery_app
 from tasklens.runtime.celery_worker import CeleryWorkerRuntime
 from tasklens.telemetry import TelemetryOptions, default_observers, flush, setup
 from tasklens.telemetry.metrics import multiprocess_mode
-from tasklens.telemetry.multiprocess import ENV, prepare_directory
+from tasklens.telemetry.multiprocess import ENV, MultiprocessDirectoryError, claim_directory
 from tasklens.telemetry.worker_metrics import MetricsServer
 
 __all__ = ["CeleryWorker", "WorkerSetupError", "instrument_worker"]
@@ -71,9 +72,7 @@ class CeleryWorker:
         if sender is not None and getattr(sender, "app", None) not in (None, self.celery_app):
             return
         self._prefork = _is_prefork(getattr(sender, "pool_cls", None))
-        if multiprocess_mode():
-            prepare_directory()  # the previous run's files would add to this run's counts
-        elif self._prefork:
+        if not multiprocess_mode() and self._prefork:
             raise WorkerSetupError(
                 "tasklens.celery: the prefork pool runs tasks in child processes, whose "
                 f"metrics are summed through prometheus_client's multiprocess mode: set {ENV} "
@@ -90,16 +89,32 @@ class CeleryWorker:
                     f"{self.metrics_port}: {exc}; give each worker on a host its own "
                     "instrument_worker(metrics_port=...) (0: a free port; None: no endpoint)"
                 ) from exc
-            _logger.info(
+            # WARNING: Celery's default log level; the port is news when it was 0.
+            _logger.log(
+                logging.WARNING if self.metrics_port == 0 else logging.INFO,
                 "tasklens: worker metrics on http://%s:%d/metrics",
                 self.metrics_host,
                 self.metrics_server.port,
             )
+        if multiprocess_mode():
+            # After the bind: a second worker refused for its port must not touch the
+            # first one's files. The previous run's files would add to this run's counts.
+            try:
+                claim_directory()
+            except MultiprocessDirectoryError as exc:
+                if self.metrics_server is not None:
+                    self.metrics_server.close()
+                raise WorkerSetupError(f"tasklens.celery: {exc}") from exc
         if not self._prefork:
             self._start_recording()
 
     def on_process_init(self, **_: Any) -> None:
-        """A prefork pool process, after the fork: exporters and recording of its own."""
+        """A prefork pool process, after the fork: exporters and recording of its own (the
+        main process's /metrics socket is closed here: a pool process must not hold it)."""
+        server = self.metrics_server
+        if server is not None and server.pid != os.getpid():
+            server.close_inherited()
+            self.metrics_server = None
         self._start_recording()
 
     def on_process_shutdown(self, **_: Any) -> None:
@@ -115,6 +130,16 @@ class CeleryWorker:
     def _start_recording(self) -> None:
         setup(service_name=self.service_name)
         self.runtime.connect()
+        from celery import signals
+
+        # At the first task, not now: opentelemetry-instrumentation-celery's documented
+        # set-up instruments in a worker_process_init receiver that may run after this one.
+        signals.task_prerun.connect(self._check_duplicate_spans, weak=False)
+
+    def _check_duplicate_spans(self, **_: Any) -> None:
+        from celery import signals
+
+        signals.task_prerun.disconnect(self._check_duplicate_spans)
         if _celery_instrumentor_active():
             _logger.warning(
                 "tasklens: opentelemetry-instrumentation-celery is instrumented too: its "
@@ -142,7 +167,17 @@ def instrument_worker(
     ``max_task_names``, ``max_exception_types``, ``record_args``, ``tracer_provider``,
     ``meter_provider``, as for :func:`tasklens.instrument`. ``observers`` replaces the
     default spans, metrics and logs observers."""
-    require_celery_app(celery_app)
+    require_celery_app(celery_app, "instrument_worker()")
+    if service_name is not None and (not isinstance(service_name, str) or not service_name):
+        raise ValueError(
+            f"instrument_worker(): invalid service_name={service_name!r}; expected a "
+            "non-empty string, or None"
+        )
+    if not isinstance(metrics_host, str) or not metrics_host:
+        raise ValueError(
+            f"instrument_worker(): invalid metrics_host={metrics_host!r}; expected an "
+            "address such as '127.0.0.1', '0.0.0.0' or '::'"
+        )
     unknown = sorted(set(options) - WORKER_OPTIONS)
     if unknown:
         raise TypeError(

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .metrics import TaskMetrics, multiprocess_mode
 from .metrics import _by_registry as _task_metrics
-from .multiprocess import ENV, directory_from_env
+from .multiprocess import ENV, directory_from_env, pid_alive, pid_of
 
 _logger = logging.getLogger("tasklens.telemetry")
 
@@ -64,26 +64,10 @@ class LiveWorkerFilesCollector(WorkerFilesCollector):
 
     def collect(self) -> Iterable[Metric]:
         for path in glob.glob(os.path.join(self._path, "gauge_live*_*.db")):
-            pid = _pid_of(path)
-            if pid is not None and not _alive(pid):
+            pid = pid_of(os.path.basename(path))
+            if pid is not None and not pid_alive(pid):
                 mark_process_dead(pid, self._path)
         return super().collect()
-
-
-def _pid_of(path: str) -> int | None:
-    stem = os.path.basename(path)[: -len(".db")]
-    tail = stem.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def _has_header(path: str) -> bool:

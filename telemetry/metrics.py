@@ -176,7 +176,8 @@ class MetricsObserver(TaskObserver):
                 queue_exemplar, duration_exemplar = self._exemplars_for(
                     children, outcome, queue_seconds, duration_seconds, task.finished_at or 0.0
                 )
-            children.queue.observe(queue_seconds, queue_exemplar)
+            if task.queue_known:
+                children.queue.observe(queue_seconds, queue_exemplar)
             duration = children.duration.get(outcome)
             if duration is None:
                 duration = children.duration[outcome] = self.metrics.duration_seconds.labels(

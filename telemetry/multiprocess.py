@@ -82,6 +82,48 @@ def prepare_directory(path: str | os.PathLike[str] | None = None, *, wipe: bool 
     return directory
 
 
+def claim_directory(path: str | os.PathLike[str] | None = None) -> Path:
+    """:func:`prepare_directory` for a process manager that wrote metric files itself before
+    it knew it was one (a Celery worker imports the app first): deletes the ``*.db`` files
+    of processes that are gone, keeps this process's own, and refuses, with
+    :class:`MultiprocessDirectoryError`, a directory with files of another running
+    process (a second worker sharing it would mix both workers' counts)."""
+    directory = prepare_directory(path, wipe=False)
+    me = os.getpid()
+    removed = 0
+    for entry in directory.glob("*.db"):
+        pid = pid_of(entry.name)
+        if pid is None or pid == me:
+            continue
+        if pid_alive(pid):
+            raise MultiprocessDirectoryError(
+                f"{ENV}={str(directory)!r} holds the metric files of running process {pid}: "
+                "give each worker a directory of its own"
+            )
+        entry.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        _logger.info("tasklens: removed %d metric file(s) of a previous run", removed)
+    return directory
+
+
+def pid_of(file_name: str) -> int | None:
+    """The process id in a prometheus_client file name (``counter_1234.db``), if any."""
+    stem = file_name[: -len(".db")] if file_name.endswith(".db") else file_name
+    tail = stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _check(directory: Path, info: os.stat_result) -> None:
     where = f"{ENV}={str(directory)!r}"
     if stat.S_ISLNK(info.st_mode):

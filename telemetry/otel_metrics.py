@@ -239,7 +239,8 @@ class OTelMetricsObserver(TaskObserver):
             self._pending_tally.add(self._pending, -1)
         else:
             self._in_progress.add(series.in_progress, -1)
-            self._queue.record(task.queue_seconds, series.task_executor)
+            if task.queue_known:
+                self._queue.record(task.queue_seconds, series.task_executor)
             self._duration.record(task.duration_seconds, series.outcome[outcome])
             if task.threadpool_wait is not None and task.executor == c.EXECUTOR_THREAD_POOL:
                 self._wait.record(task.threadpool_wait, series.task)

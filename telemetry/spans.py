@@ -166,10 +166,9 @@ class SpanObserver(TaskObserver):
                 otel_context.detach(token)
 
     def _annotate(self, span: trace.Span, task: TaskRecord, fallbacks: int) -> None:
-        attributes: dict[str, Any] = {
-            c.ATTR_OUTCOME: task.outcome,
-            c.ATTR_QUEUE_SECONDS: task.queue_seconds,
-        }
+        attributes: dict[str, Any] = {c.ATTR_OUTCOME: task.outcome}
+        if task.queue_known:
+            attributes[c.ATTR_QUEUE_SECONDS] = task.queue_seconds
         if task.threadpool_wait is not None:
             attributes[c.ATTR_THREADPOOL_WAIT_SECONDS] = task.threadpool_wait
         failure = task_failure(task)

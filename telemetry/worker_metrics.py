@@ -4,6 +4,7 @@ worker's registry (all pool processes summed in multiprocess mode)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from socketserver import ThreadingMixIn
@@ -36,10 +37,19 @@ class MetricsServer:
         self._server = make_server(host, port, app, server_class, _QuietHandler)
         self.host = host
         self.port = int(self._server.server_port)
+        #: The process serving: a forked child holds a copy of the socket, not the server.
+        self.pid = os.getpid()
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="tasklens-metrics", daemon=True
         )
         self._thread.start()
+
+    def close_inherited(self) -> None:
+        """In a forked child: close the copy of the listening socket (the serving thread
+        does not exist there), so only the parent holds the port; nothing in the process
+        that serves (the solo pool announces its process init in the main process too)."""
+        if os.getpid() != self.pid:
+            self._server.server_close()
 
     def close(self) -> None:
         self._server.shutdown()

@@ -4,6 +4,7 @@ OTLP receiver. Counts are asserted exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -119,6 +120,26 @@ def spans_named(rx: OTLPReceiver, name: str, kind: int) -> list[ReceivedSpan]:
     return [s for s in rx.spans() if s.name == name and s.kind == kind]
 
 
+def listening_socket_inode(port: int) -> str:
+    """The inode of the socket listening on 127.0.0.1:``port`` (``/proc/net/tcp``)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            return inode
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
 def trace_id_of(line: str) -> str:
     """The trace id of a log line, JSON (``"trace_id": "..."``) or key=value."""
     match = re.search(r'trace_id"?[=:] ?"?([0-9a-f]{32})', line)
@@ -158,6 +179,11 @@ def test_requests_run_on_the_worker_in_the_requests_traces(
         assert run_pids == {worker.proc.pid}
     else:
         assert worker.proc.pid not in run_pids  # the pool's processes, not the main one
+        # Only the main process holds the /metrics socket (not inherited by the pool's).
+        listening = listening_socket_inode(worker.port)
+        assert listening in socket_inodes(worker.proc.pid)
+        for pid in run_pids:
+            assert listening not in socket_inodes(pid), pid
 
     def worker_done() -> Samples | None:
         s = shop.worker_metrics()
@@ -545,3 +571,63 @@ def test_a_retry_is_a_failed_run_then_another_run(shop: Shop) -> None:
         lambda: len(c := spans_named(shop.rx, f"bgtask {flaky}", CONSUMER)) == 2 and c, 20, "spans"
     )
     assert len({s.trace_id for s in runs}) == 1  # the retry stays in the request's trace
+
+
+def test_a_solo_worker_with_a_multiprocess_directory_counts_its_tasks(shop: Shop) -> None:
+    """The variable set for every process (a container's environment): the solo worker's
+    own files, made at import, survive the start's clean-up of a previous run's."""
+    stale = shop.tmp / "solo-metrics"
+    stale.mkdir()
+    (stale / "counter_999999.db").write_bytes(b"\0" * 16)  # a previous run's file
+    port = free_port()
+    env = shop.env(SHOP_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(stale))
+    worker = celery_worker(TASKS, env, shop.tmp / "solo-mp.log", port, "solo", 1)
+    shop.worker = worker
+    shop.workers.append(worker.start())
+    worker.wait_ready("/metrics")
+    n = 3
+    for i in range(n):
+        assert shop.post(f"/send-notification/mp{i}@example.com").status_code == 200
+    w = wait_for(
+        lambda: (
+            (s := shop.worker_metrics()).value(
+                "bgtask_finished_total", task=NOTIFY, executor="celery", outcome="success"
+            )
+            == n
+            and s
+        ),
+        30,
+        "3 runs counted",
+    )
+    assert lost(w) == 0
+    assert not (stale / "counter_999999.db").exists()
+
+
+def test_a_second_worker_on_the_same_directory_is_refused_and_the_first_keeps_counting(
+    shop: Shop,
+) -> None:
+    first = shop.start_worker("prefork", 2)
+    assert shop.post("/send-notification/one@example.com").status_code == 200
+    wait_for(lambda: len(shop.lines("notifications.log")) == 1, 30, "the first run")
+    directory = first.env["PROMETHEUS_MULTIPROC_DIR"]
+    port = free_port()
+    env = shop.env(SHOP_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=directory)
+    second = celery_worker(TASKS, env, shop.tmp / "same-dir.log", port, "prefork", 2)
+    with second:
+        assert second.proc is not None
+        assert second.proc.wait(60) != 0
+    assert "holds the metric files of running process" in second.log_text()
+    assert "a directory of its own" in second.log_text()
+    assert shop.post("/send-notification/two@example.com").status_code == 200
+    w = wait_for(
+        lambda: (
+            (s := shop.worker_metrics()).value(
+                "bgtask_finished_total", task=NOTIFY, executor="celery", outcome="success"
+            )
+            == 2
+            and s
+        ),
+        30,
+        "both runs still counted by the first worker",
+    )
+    assert w.value("bgtask_enqueued_total", task=NOTIFY) == 2

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from celery import Celery
+from celery import Celery, shared_task
 from fastapi import BackgroundTasks, FastAPI
 from fastapi.testclient import TestClient
 from opentelemetry.trace import SpanKind
@@ -29,6 +29,19 @@ def notify(email: str, message: str = "") -> None:
     RAN.append(f"{email}:{message}")
 
 
+@shared_task(name="unit.shared_notify")
+def shared_notify(email: str) -> None:
+    RAN.append(f"shared {email}")
+
+
+@celery_app.task(name="unit.routed")
+def routed(email: str) -> None:
+    RAN.append(f"routed {email}")
+
+
+celery_app.conf.task_routes = {"unit.routed": {"queue": "emails"}}
+
+
 @pytest.fixture
 def probe() -> Iterator[Probe]:
     RAN.clear()
@@ -46,6 +59,12 @@ def _app(probe: Probe, **options: object) -> FastAPI:
             background_tasks.add_task(notify, object())
         elif bad == "keyword":
             background_tasks.add_task(notify, "a@example.com", message={1, 2})
+        elif bad == "arity":
+            background_tasks.add_task(notify, "a@example.com", "hi", "extra")
+        elif bad == "shared":
+            background_tasks.add_task(shared_notify, "s@example.com")
+        elif bad == "routed":
+            background_tasks.add_task(routed, "r@example.com")
         else:
             background_tasks.add_task(notify, "a@example.com", message="hi")
         return {"ok": "yes"}
@@ -102,9 +121,14 @@ def test_unserializable_argument_fails_at_add_task_naming_it(
     assert probe.samples().total("bgtask_enqueued_total") == 0
 
 
-def test_celery_option_must_be_a_celery_app() -> None:
-    with pytest.raises(TypeError, match=r"invalid celery='redis://x'; expected a celery.Celery"):
+def test_celery_option_must_be_a_celery_app_and_the_error_shows_no_secret() -> None:
+    with pytest.raises(TypeError, match=r"invalid celery app, a builtins.str; expected a celery"):
         tasklens.instrument(FastAPI(), celery="redis://x")
+    secret = Celery("s", broker="redis://:supersecret@127.0.0.1:1/0")
+    with pytest.raises(TypeError) as raised:
+        tasklens.instrument(FastAPI(), celery=secret.conf)  # the config, not the app
+    assert "supersecret" not in str(raised.value)
+    assert "celery.app.utils.Settings" in str(raised.value)
 
 
 def test_instrument_worker_rejects_bad_options() -> None:
@@ -112,8 +136,12 @@ def test_instrument_worker_rejects_bad_options() -> None:
         tasklens.celery.instrument_worker(celery_app, mode="detached")
     with pytest.raises(ValueError, match=r"invalid metrics_port=70000"):
         tasklens.celery.instrument_worker(celery_app, metrics_port=70000)
-    with pytest.raises(TypeError, match=r"expected a celery\.Celery"):
+    with pytest.raises(TypeError, match=r"instrument_worker\(\): invalid celery app"):
         tasklens.celery.instrument_worker(object())
+    with pytest.raises(ValueError, match=r"invalid metrics_host=5"):
+        tasklens.celery.instrument_worker(celery_app, metrics_host=5)
+    with pytest.raises(ValueError, match=r"invalid service_name=5"):
+        tasklens.celery.instrument_worker(celery_app, service_name=5)
 
 
 def test_worker_clock_behind_the_add_task_time_is_clamped_and_counted(probe: Probe) -> None:
@@ -167,3 +195,84 @@ def test_a_redis_broker_without_socket_timeout_is_warned_about(
     (record,) = caplog.records
     assert "'u' has no broker socket timeout" in record.getMessage()
     assert "socket_timeout" in record.getMessage()
+
+
+def test_wrong_arguments_fail_at_add_task_as_delay_would(probe: Probe) -> None:
+    with TestClient(_app(probe, celery=celery_app)) as client, pytest.raises(TypeError) as raised:
+        client.post("/notify?bad=arity")
+    assert str(raised.value).startswith(f"add_task({notify.name}): ")
+    assert "positional argument" in str(raised.value)
+    assert probe.samples().total("bgtask_enqueued_total") == 0
+
+
+@pytest.mark.parametrize(("kind", "task", "queue"), [
+    ("shared", "unit.shared_notify", "celery"), ("routed", "unit.routed", "emails"),
+])  # fmt: skip
+def test_shared_and_routed_tasks_go_to_this_apps_broker_and_queue(
+    probe: Probe, kind: str, task: str, queue: str
+) -> None:
+    """A @shared_task proxy resolves Celery's per-thread current app: sent from the thread
+    pool it would go to Celery's default app (amqp://localhost). tasklens sends through
+    this app's own task; the span names the queue Celery's router picks."""
+    with TestClient(_app(probe, celery=celery_app)) as client:
+        assert client.post(f"/notify?bad={kind}").status_code == 200
+    (span,) = probe.task_spans()
+    assert span.attributes is not None
+    assert (span.name, span.attributes["bgtask.outcome"]) == (f"bgtask send {task}", "success")
+    assert span.attributes["messaging.destination.name"] == queue
+    assert RAN == []
+
+
+def test_an_eager_app_runs_its_tasks_here(probe: Probe) -> None:
+    eager = Celery("eager", broker="memory://")
+    eager.conf.task_always_eager = True
+
+    @eager.task(name="eager.notify")
+    def eager_notify(email: str) -> None:
+        RAN.append(f"eager {email}")
+
+    app = FastAPI()
+
+    @app.post("/e")
+    async def endpoint(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(eager_notify, "e@example.com")
+        return {}
+
+    tasklens.instrument(app, observers=probe.observers(), metrics_path=None, celery=eager)
+    with TestClient(app) as client:
+        assert client.post("/e").status_code == 200
+    assert RAN == ["eager e@example.com"]
+    (span,) = probe.task_spans()
+    assert span.kind == SpanKind.INTERNAL
+    assert span.attributes is not None and span.attributes["bgtask.executor"] == "thread_pool"
+
+
+def test_a_message_without_a_plausible_enqueue_time_records_no_queue_time(probe: Probe) -> None:
+    runner = TaskRunner(RuntimeOptions(), probe.observers())
+    identity = runner.namer.identify_named("shop.q", EXECUTOR_CELERY, "q", "shop")
+    for enqueued_ns in (None, 12):  # no header (beat, .delay() elsewhere); the year 1970
+        record = runner.receive(identity, notify, (), {}, None, enqueued_ns)
+        token = runner.start_external(record)
+        runner.finish_external(record, "success", None, token)
+        assert not record.queue_known
+    samples = probe.samples()
+    assert (
+        samples.value("bgtask_finished_total", task="shop.q", executor="celery", outcome="success")
+        == 2
+    )
+    assert samples.value("bgtask_queue_seconds_count", task="shop.q", executor="celery") == 0
+    assert all("bgtask.queue_seconds" not in (s.attributes or {}) for s in probe.task_spans())
+
+
+def test_a_task_run_inside_another_restores_the_outer_task(probe: Probe) -> None:
+    runner = TaskRunner(RuntimeOptions(), probe.observers())
+    identity = runner.namer.identify_named("shop.outer", EXECUTOR_CELERY, "o", "shop")
+    outer = runner.receive(identity, notify, (), {}, None, time.time_ns())
+    outer_token = runner.start_external(outer)
+    inner = runner.receive(identity, notify, (), {}, None, time.time_ns())
+    inner_token = runner.start_external(inner)
+    assert tasklens.current_task() is inner
+    runner.finish_external(inner, "success", None, inner_token)
+    assert tasklens.current_task() is outer  # the outer task's later logs keep its fields
+    runner.finish_external(outer, "success", None, outer_token)
+    assert tasklens.current_task() is None
