@@ -16,7 +16,11 @@ Bounds (documented in docs/live-page.md, tested under 100,000 tasks):
   :data:`MAX_MESSAGE_CHARS`, tracebacks at :data:`MAX_TRACEBACK_CHARS`);
 - per second for :data:`SERIES_SECONDS` s: tasks by outcome and a queue-time histogram;
 - per minute for :data:`SUMMARY_MINUTES` min: per task name, count, failures and queue and
-  duration histograms (task names are already bounded by ``max_task_names``).
+  duration histograms (task names are already bounded by ``max_task_names``), merged as
+  tasks are recorded into one window (a minute leaving it is subtracted), so a read copies
+  the :data:`SUMMARY_NAMES` names with the most tasks and merges nothing;
+- with ``record_args``: at most :data:`MAX_ARGS` positional and :data:`MAX_ARGS` keyword
+  arguments and :data:`MAX_ARGS_CHARS` characters of them per task (the rest counted).
 
 Quantiles are read from histograms with Prometheus's buckets and its ``histogram_quantile``
 interpolation, so the page's p95 is the one a Grafana panel over ``/metrics`` shows.
@@ -24,11 +28,14 @@ interpolation, so the page's p95 is the one a Grafana panel over ``/metrics`` sh
 
 from __future__ import annotations
 
+import heapq
+import os
 import threading
 import time
 from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any, NamedTuple
 
 from opentelemetry import trace
@@ -46,6 +53,12 @@ MAX_MESSAGE_CHARS = 300
 MAX_TRACEBACK_CHARS = 8000
 SERIES_SECONDS = 120
 SUMMARY_MINUTES = 5
+#: Names in the per-name summary the page gets: the ones with the most tasks in the window.
+SUMMARY_NAMES = 50
+#: With ``record_args``: arguments kept per task (positional, and keyword, each) and the
+#: characters of all of them (names and values; the rest cut or counted in ``omitted``).
+MAX_ARGS = 20
+MAX_ARGS_CHARS = 1000
 #: Tasks appended before the hook records them in one pass (and before every read).
 DRAIN_AT = 64
 _BUCKETS = DURATION_BUCKETS
@@ -64,6 +77,37 @@ def _current_span_context() -> trace.SpanContext:
 def _cut(text: str, limit: int) -> str:
     # ASCII marker: a non-ASCII one would make CPython store the whole cut text 2 bytes a char.
     return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
+def bounded_args(task: TaskRecord) -> dict[str, Any]:
+    """A task's arguments as the page keeps them (``record_args``): scrubbed reprs of at most
+    :data:`MAX_ARGS` positional and :data:`MAX_ARGS` keyword ones, :data:`MAX_ARGS_CHARS`
+    characters in all; ``omitted``, when there, counts the arguments left out."""
+    kwargs = task.kwargs
+    kept = dict(islice(kwargs.items(), MAX_ARGS)) if len(kwargs) > MAX_ARGS else kwargs
+    given = describe_args(task.args[:MAX_ARGS], kept, task.func)
+    omitted = max(0, len(task.args) - MAX_ARGS) + len(kwargs) - len(kept)
+    budget = MAX_ARGS_CHARS
+    positional: list[str] = []
+    for text in given.args:
+        if budget <= 0:
+            omitted += 1
+            continue
+        positional.append(_cut(text, budget))
+        budget -= len(text)
+    keywords: dict[str, str] = {}
+    for key, text in given.kwargs.items():
+        if budget <= 0:
+            omitted += 1
+            continue
+        name = _cut(key, budget)
+        budget -= len(key)
+        keywords[name] = _cut(text, max(budget, 0))
+        budget -= len(text)
+    described: dict[str, Any] = {"args": positional, "kwargs": keywords}
+    if omitted:
+        described["omitted"] = omitted
+    return described
 
 
 class TaskEntry(NamedTuple):
@@ -173,6 +217,12 @@ class _NameStats:
         self.queue = [0] * (len(_BUCKETS) + 1)
         self.duration = [0] * (len(_BUCKETS) + 1)
 
+    def subtract(self, other: _NameStats) -> None:
+        self.count -= other.count
+        self.failures -= other.failures
+        self.queue = [a - b for a, b in zip(self.queue, other.queue, strict=True)]
+        self.duration = [a - b for a, b in zip(self.duration, other.duration, strict=True)]
+
 
 class _Second:
     __slots__ = ("outcomes", "queue", "second")
@@ -184,11 +234,13 @@ class _Second:
 
 
 class _Minute:
-    __slots__ = ("minute", "names")
+    __slots__ = ("counted", "minute", "names")
 
-    def __init__(self, minute: int) -> None:
+    def __init__(self, minute: int, counted: bool = True) -> None:
         self.minute = minute
         self.names: dict[str, _NameStats] = {}
+        #: Its counts are in the buffer's window (until the minute leaves it).
+        self.counted = counted
 
 
 def quantile(q: float, buckets: Sequence[int]) -> float | None:
@@ -225,10 +277,16 @@ class LiveBuffer(TaskObserver):
         self.traces: OrderedDict[tuple[int, int], RequestTrace] = OrderedDict()
         self.tracebacks: OrderedDict[int, str] = OrderedDict()
         self.seconds = [_Second(-1) for _ in range(SERIES_SECONDS)]
-        self.minutes = [_Minute(-1) for _ in range(SUMMARY_MINUTES)]
+        self.minutes = [_Minute(-1, counted=False) for _ in range(SUMMARY_MINUTES)]
+        #: Per task name, the sum of the counted minutes (what the summary reads).
+        self.window: dict[str, _NameStats] = {}
+        #: This process's buffer: a page that sees another one (the app restarted) reloads.
+        self.epoch = f"{os.getpid():x}-{time.time_ns():x}"
         #: Tasks recorded since the start, by outcome (what bgtask_finished_total counts).
         self.totals: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.seq = 0
+        #: A task had a trace id (else the page says there is no tracer provider).
+        self.traced = False
         #: Sync tasks finish in worker threads: draining and reading hold this lock.
         self.lock = threading.Lock()
 
@@ -248,8 +306,7 @@ class LiveBuffer(TaskObserver):
                 )
         args = None
         if self.record_args and (task.args or task.kwargs):
-            given = describe_args(task.args, task.kwargs, task.func)
-            args = {"args": given.args, "kwargs": given.kwargs}
+            args = bounded_args(task)
         pending = self.pending
         pending.append((
             task.name, task.executor, task.outcome, task.enqueued_ns, task.enqueued_at,
@@ -268,7 +325,7 @@ class LiveBuffer(TaskObserver):
     def _drain_locked(self) -> None:
         pending = self.pending
         tasks, tracebacks, totals = self.tasks, self.tracebacks, self.totals
-        seconds, minutes = self.seconds, self.minutes
+        seconds, minutes, window = self.seconds, self.minutes, self.window
         last_context: object = _NOTHING
         parent: Any = None
         parent_ctx: Any = None
@@ -287,6 +344,8 @@ class LiveBuffer(TaskObserver):
                 request = (trace_id, parent_ctx.span_id)
             if current is not None and current.is_valid and current.span_id != parent_ctx.span_id:
                 trace_id, span_id = current.trace_id, current.span_id
+            if trace_id:
+                self.traced = True
             error_type = message = None
             if failure is not None:
                 error_type, message, stacktrace = failure
@@ -322,22 +381,51 @@ class LiveBuffer(TaskObserver):
             minute = second // 60
             bucket = minutes[minute % SUMMARY_MINUTES]
             if bucket.minute != minute:
-                if bucket.minute > minute:
-                    bucket = _Minute(minute)
+                if bucket.minute > minute:  # older than the window: not counted in it
+                    bucket = _Minute(minute, counted=False)
                 else:
+                    self._uncount(bucket)
                     bucket = minutes[minute % SUMMARY_MINUTES] = _Minute(minute)
             stats = bucket.names.get(name)
             if stats is None:
                 stats = bucket.names[name] = _NameStats()
+            merged = None
+            if bucket.counted:
+                merged = window.get(name)
+                if merged is None:
+                    merged = window[name] = _NameStats()
+                merged.count += 1
             stats.count += 1
-            if outcome == "failure":
+            failed = outcome == "failure"
+            if failed:
                 stats.failures += 1
+                if merged is not None:
+                    merged.failures += 1
             if started is not None:
                 i = bisect_left(_BUCKETS, started - enqueued_at)
                 slot.queue[i] += 1
                 stats.queue[i] += 1
+                j = -1
                 if finished is not None:
-                    stats.duration[bisect_left(_BUCKETS, finished - started)] += 1
+                    j = bisect_left(_BUCKETS, finished - started)
+                    stats.duration[j] += 1
+                if merged is not None:
+                    merged.queue[i] += 1
+                    if j >= 0:
+                        merged.duration[j] += 1
+
+    def _uncount(self, bucket: _Minute) -> None:
+        """Take a minute leaving the window out of it (under the lock)."""
+        if not bucket.counted:
+            return
+        bucket.counted = False
+        window = self.window
+        for name, stats in bucket.names.items():
+            merged = window[name]
+            if merged.count == stats.count:
+                del window[name]
+            else:
+                merged.subtract(stats)
 
     def _add_to_trace(self, key: tuple[int, int], span: trace.Span, entry: TaskEntry) -> None:
         request = self.traces.get(key)
@@ -399,26 +487,32 @@ class LiveBuffer(TaskObserver):
             "tasks_not_kept": dropped,
         }
 
-    def summary(self, now: float | None = None) -> dict[str, Any]:
-        """Per task name over the last :data:`SUMMARY_MINUTES` minutes, the per-second series
-        of the last :data:`SERIES_SECONDS` seconds, and the totals since the start."""
+    def summary(self, now: float | None = None, names_known: str | None = None) -> dict[str, Any]:
+        """Per task name over the last :data:`SUMMARY_MINUTES` minutes (the
+        :data:`SUMMARY_NAMES` names with the most tasks), the per-second series of the last
+        :data:`SERIES_SECONDS` seconds, and the totals since the start.
+
+        ``names_known``: the ``names_token`` of the caller's copy of the names ("keep": any
+        copy will do); when it is still current, ``names`` is None (not rebuilt, not sent)."""
         second = int(time.time() if now is None else now)
         minute = second // 60
         with self.lock:
             self._drain_locked()
-            merged: dict[str, _NameStats] = {}
             for bucket in self.minutes:
-                if minute - SUMMARY_MINUTES < bucket.minute <= minute:
-                    for name, stats in bucket.names.items():
-                        into = merged.get(name)
-                        if into is None:
-                            into = merged[name] = _NameStats()
-                        into.count += stats.count
-                        into.failures += stats.failures
-                        into.queue = [a + b for a, b in zip(into.queue, stats.queue, strict=True)]
-                        into.duration = [
-                            a + b for a, b in zip(into.duration, stats.duration, strict=True)
-                        ]
+                if bucket.minute <= minute - SUMMARY_MINUTES:
+                    self._uncount(bucket)
+            window = self.window
+            token = f"{self.seq}-{minute}"
+            top: list[tuple[str, int, int, list[int], list[int]]] | None = None
+            if names_known not in (token, "keep"):
+                # A copy of the top names only: no merge, no quantile under the lock.
+                best = (
+                    heapq.nlargest(SUMMARY_NAMES, window.items(), key=lambda kv: kv[1].count)
+                    if len(window) > SUMMARY_NAMES
+                    else window.items()
+                )
+                top = [(n, s.count, s.failures, list(s.queue), list(s.duration)) for n, s in best]
+            names_total = len(window)
             series = []
             for s in range(second - SERIES_SECONDS + 1, second + 1):
                 slot = self.seconds[s % SERIES_SECONDS]
@@ -428,22 +522,28 @@ class LiveBuffer(TaskObserver):
                     series.append((s, {}, list(_NO_BUCKETS)))
             totals = dict(self.totals)
             seq = self.seq
-        names = [
-            {
-                "name": name,
-                "count": stats.count,
-                "failures": stats.failures,
-                "failure_ratio": stats.failures / stats.count if stats.count else 0.0,
-                "queue_p50": quantile(0.5, stats.queue),
-                "queue_p95": quantile(0.95, stats.queue),
-                "duration_p50": quantile(0.5, stats.duration),
-                "duration_p95": quantile(0.95, stats.duration),
-            }
-            for name, stats in sorted(merged.items())
-        ]
+        names = None
+        if top is not None:
+            names = [
+                {
+                    "name": name,
+                    "count": count,
+                    "failures": failures,
+                    "failure_ratio": failures / count if count else 0.0,
+                    "queue_p50": quantile(0.5, queue),
+                    "queue_p95": quantile(0.95, queue),
+                    "duration_p50": quantile(0.5, duration),
+                    "duration_p95": quantile(0.95, duration),
+                }
+                for name, count, failures, queue, duration in sorted(
+                    top, key=lambda row: (-row[1], row[0])
+                )
+            ]
         return {
             "window_minutes": SUMMARY_MINUTES,
             "names": names,
+            "names_token": token,
+            "names_total": names_total,
             "series": {
                 "start": series[0][0],
                 "outcomes": {
@@ -454,4 +554,5 @@ class LiveBuffer(TaskObserver):
             },
             "totals": totals,
             "seq": seq,
+            "traced": self.traced,
         }

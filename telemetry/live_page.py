@@ -4,6 +4,9 @@ Answered in front of everything else of the app, like ``/metrics`` (no request s
 scope, no user middleware, no metric), behind the same ``metrics_auth`` check. The page polls
 ``api/live`` once a second while it is visible; nothing is computed for it otherwise.
 
+Only the exact paths below, and only for GET and HEAD, are the page's: anything else under
+``ui_path`` (``/tasks/42``, ``POST /tasks``) goes to the app's own routes.
+
 ``{path}``                    the page (``{path}/`` too)
 ``{path}/app.js``, ``app.css``  its script and style (package data, read once)
 ``{path}/api/live?after=N``   tasks after sequence number N, per-name summary, series
@@ -16,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
@@ -39,6 +43,9 @@ _CSP = (
     b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 Headers = list[tuple[bytes, bytes]]
+#: The page's own paths after ``ui_path``; nothing else below it is the page's.
+_OWN = frozenset(("", "/", "/app.js", "/app.css"))
+_API = re.compile(r"/api/(?:live|task/[0-9]{1,18}|trace/[0-9a-f]{32}-[0-9a-f]{16})")
 
 
 def _asset(name: str) -> bytes:
@@ -56,10 +63,13 @@ def live_buffer_of(app: object) -> LiveBuffer | None:
     return None
 
 
-async def _respond(send: Send, status: int, headers: Headers, body: bytes = b"") -> None:
+async def _respond(
+    send: Send, status: int, headers: Headers, body: bytes = b"", head: bool = False
+) -> None:
+    """Send ``body`` (HEAD: its length, not the body, as GET would have)."""
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 class LivePage:
@@ -79,19 +89,13 @@ class LivePage:
         self._warned = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, rest: str) -> None:
-        method = scope.get("method", "GET")
-        if method not in ALLOWED_METHODS:
-            await _respond(
-                send, 405, _text_headers(b"allow", b"GET, HEAD"), b"Method Not Allowed\n"
-            )
-            return
+        head = scope.get("method") == "HEAD"  # GET or HEAD: other methods go to the app
         if self._guard.auth is not None:
             refused = await self._guard._refusal(Request(scope))
             if refused is not None:
                 status, headers, body = refused
-                await _respond(
-                    send, status, [h for h in headers if h[0] != b"content-length"], body
-                )
+                headers = [h for h in headers if h[0] != b"content-length"]
+                await _respond(send, status, headers, body, head)
                 return
         try:
             if rest.startswith("/api/"):
@@ -102,7 +106,7 @@ class LivePage:
         except Exception:
             _logger.exception("tasklens: the live page failed to answer %s", rest or "/")
             status, headers, body = 500, _text_headers(), b"live page failed\n"
-        await _respond(send, status, headers, b"" if method == "HEAD" else body)
+        await _respond(send, status, headers, body, head)
 
     def _answer(self, scope: Scope, rest: str) -> tuple[int, Headers, bytes]:
         if rest in ("", "/"):
@@ -129,9 +133,13 @@ class LivePage:
         api = name[len("api/") :]
         if api == "live":
             after = _int(query.get("after", ["0"])[0])
+            # The per-name summary only when it changed since the page's copy (``names``:
+            # the token it got with it; "keep": the page got it a moment ago).
+            known = query.get("names", [None])[0]
             seq, tasks = buffer.recent(after)
-            return _json(200, {**buffer.summary(), "seq": seq, "tasks": tasks,
-                               "trace_url": self._trace_url, "bounds": _bounds()})  # fmt: skip
+            return _json(200, {**buffer.summary(names_known=known), "seq": seq, "tasks": tasks,
+                               "epoch": buffer.epoch, "trace_url": self._trace_url,
+                               "bounds": _bounds()})  # fmt: skip
         if api.startswith("task/"):
             task = buffer.task(_int(api[len("task/") :]))
             return (
@@ -167,6 +175,7 @@ def _bounds() -> dict[str, int]:
         "tracebacks": lb.MAX_FAILURES,
         "series_seconds": lb.SERIES_SECONDS,
         "summary_minutes": lb.SUMMARY_MINUTES,
+        "summary_names": lb.SUMMARY_NAMES,
     }
 
 
@@ -193,18 +202,35 @@ def _json(status: int, payload: Any) -> tuple[int, Headers, bytes]:
 
 
 def _at(path: str, scope: Scope) -> str | None:
-    """The part of the request path after ``path`` when it is the page's (else None)."""
-    if scope["type"] != "http":
+    """The part of the request path after ``path`` when the request is one of the page's
+    (GET or HEAD of one of its exact paths), else None: the app answers it."""
+    if scope["type"] != "http" or scope.get("method", "GET") not in ALLOWED_METHODS:
         return None
     relative = route_path(scope)
-    if relative == path or (relative.startswith(path) and relative[len(path)] == "/"):
-        return relative[len(path) :]
-    return None
+    if not relative.startswith(path):
+        return None
+    rest = relative[len(path) :]
+    return rest if rest in _OWN or _API.fullmatch(rest) else None
+
+
+def warn_if_shadowed(app: object, path: str) -> None:
+    """One warning per app route (or mount) at ``path`` (or ``path/``) that answers GET: the
+    page answers GET and HEAD there first. Its other paths are too specific to collide."""
+    for route in getattr(app, "routes", ()):
+        at = getattr(route, "path", None)
+        methods = getattr(route, "methods", None)
+        if at in (path, path + "/") and (methods is None or "GET" in methods):
+            _logger.warning(
+                "tasklens: the app's route %s %s is shadowed by the live page for GET and "
+                "HEAD (ui_path=%r); its other methods and paths below it still reach the "
+                "app. Choose another ui_path to keep the route.",
+                ",".join(sorted(methods)) if methods else "*", at, path,
+            )  # fmt: skip
 
 
 class LivePageMiddleware:
-    """Answers ``path`` and below (relative to the mount point) with :class:`LivePage`
-    before anything else of the app runs."""
+    """Answers the page's own paths below ``path`` (relative to the mount point) with
+    :class:`LivePage` before anything else of the app runs; the rest goes to the app."""
 
     def __init__(
         self,
@@ -213,10 +239,14 @@ class LivePageMiddleware:
         buffer: Callable[[], LiveBuffer | None],
         auth: MetricsAuth | None = None,
         trace_url: str | None = None,
+        owner: object = None,
     ) -> None:
         self.app = app
         self.path = path
         self.page = LivePage(buffer, auth, trace_url)
+        # Built with the middleware stack (at the first request or lifespan): the routes
+        # added after instrument() are there by now.
+        warn_if_shadowed(owner, path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rest = _at(self.path, scope)

@@ -74,6 +74,7 @@ def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:
             buffer=lambda: live_buffer_of(app),
             auth=options.metrics_auth,
             trace_url=options.ui_trace_url,
+            owner=app,
         )
         exclude_page_from_fastapi_telemetry(app, options.ui_path)
 

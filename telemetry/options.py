@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -13,6 +14,32 @@ from starlette.requests import Request
 from tasklens.runtime.options import positive_int, validate
 
 from .metrics import DEFAULT_EXCEPTION_LIMIT
+
+#: ``ui_path``: segments of letters, digits and ``-._~`` (no query, fragment, space, ``//``,
+#: ``.`` or ``..`` segment: a path the page can actually be reached at).
+_UI_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+#: ``ui_trace_url``: ``http(s)://host[:port]`` then a path, query or fragment, or an
+#: absolute path (not ``//`` or ``/\``: another host); no space, control character, quote,
+#: ``<``, ``>``, backslash or backtick anywhere.
+_TRACE_URL = re.compile(
+    r"(?:https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+    r"(?=[/?#]|$)|/(?![/\\]))[^\x00-\x20\x7f\"'<>\\`]*"
+)
+
+
+def _reachable(path: object) -> bool:
+    return (
+        isinstance(path, str)
+        and _UI_PATH.fullmatch(path) is not None
+        and not any(part in (".", "..") for part in path.split("/"))
+    )
+
+
+def _nested(a: str | None, b: str | None) -> bool:
+    """``a`` at or below ``b``, or ``b`` at or below ``a``: one would shadow the other."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 @dataclass(frozen=True)
@@ -73,14 +100,17 @@ class TelemetryOptions:
             ("meter_provider", self.meter_provider is None
              or isinstance(self.meter_provider, MeterProvider),
              "an OpenTelemetry MeterProvider, or None"),
-            ("ui_path", self.ui_path is None or (isinstance(self.ui_path, str)
-             and self.ui_path.startswith("/") and len(self.ui_path) > 1
-             and not self.ui_path.endswith("/") and self.ui_path != path),
-             "a path starting with '/', not ending with '/', other than metrics_path, or None"),
+            ("ui_path", self.ui_path is None or _reachable(self.ui_path),
+             "a path like '/tasks' (segments of letters, digits and '-._~'; no query, "
+             "fragment, space, '//', '.' or '..', no trailing '/'), or None"),
+            ("ui_path", not _nested(self.ui_path, path),
+             f"a path neither at, below nor above metrics_path={path!r} (the live page and "
+             "/metrics would shadow each other): change ui_path or metrics_path"),
             ("ui_trace_url", self.ui_trace_url is None or (isinstance(self.ui_trace_url, str)
              and "{trace_id}" in self.ui_trace_url
-             and self.ui_trace_url.startswith(("http://", "https://", "/"))),
-             "a URL (http://, https:// or /...) containing '{trace_id}', or None"),
+             and _TRACE_URL.fullmatch(self.ui_trace_url) is not None),
+             "a URL (http://host..., https://host... or /path..., no space, quote, '<', '>', "
+             "backslash or backtick) containing '{trace_id}', or None"),
             ("ui_trace_url", self.ui_trace_url is None or self.ui_path is not None,
              "None when ui_path=None (no page to link from)"),
         ])  # fmt: skip

@@ -256,7 +256,8 @@ def test_page_counts_agree_with_metrics_and_page_is_not_traced(live: Live) -> No
     time.sleep(0.5)  # the batch processor's schedule delay is 0.1 s
     paths = {s.url_path for s in live.receiver.spans() if s.kind == 2}  # SERVER
     assert "/orders/1" in paths
-    assert not any(p.startswith("/tasks") for p in paths), paths
+    page_paths = ("/tasks", "/tasks/", "/tasks/app.js", "/tasks/app.css")
+    assert not any(p in page_paths or p.startswith("/tasks/api/") for p in paths), paths
 
 
 def test_page_is_behind_metrics_auth(tmp_path: Path) -> None:
@@ -271,8 +272,52 @@ def test_page_is_behind_metrics_auth(tmp_path: Path) -> None:
             assert client.get(path).status_code == 401, path
             assert client.get(path, headers={"authorization": "Bearer nope"}).status_code == 403
             assert client.get(path, headers=good).status_code == 200, path
-        assert client.post("/tasks", headers=good).status_code == 405
-        assert client.get("/tasks/nothing", headers=good).status_code == 404
+        # Not the page's: the app's own routes answer (and its own check, none here).
+        assert client.post("/tasks").json() == {"created": True}
+        assert client.get("/tasks/api/nothing", headers=good).status_code == 404
         page = client.get("/tasks", headers=good)
         assert "default-src 'none'" in page.headers["content-security-policy"]
         assert 'src="/tasks/app.js"' in page.text
+
+
+def test_app_routes_below_ui_path_reach_the_app(live: Live) -> None:
+    """Only the page's exact paths (GET, HEAD) are the page's; the app's ``GET /tasks/{tid}``
+    and ``POST /tasks`` keep working; its ``GET /tasks`` is shadowed, with one warning."""
+    client = live.client
+    assert client.get("/tasks/42").json() == {"task": "42"}
+    assert client.get("/tasks/app.json").json() == {"task": "app.json"}
+    assert client.post("/tasks").json() == {"created": True}
+    page = client.get("/tasks")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    head = client.head("/tasks")
+    assert head.status_code == 200 and head.content == b""
+    assert (
+        head.headers["content-length"] == page.headers["content-length"] == str(len(page.content))
+    )
+    assert client.get("/tasks/api/task/x").status_code == 404  # not the page's: the app's 404
+    warnings = [line for line in live.server.log_text().splitlines() if "is shadowed" in line]
+    assert len(warnings) == 1, warnings
+    assert "route GET /tasks is shadowed by the live page" in warnings[0]
+
+
+def test_page_after_a_restart_shows_the_new_process_tasks(live: Live, tmp_path: Path) -> None:
+    """uvicorn --reload, a deploy: the new process counts from 1 again; the open page asks
+    for all of its tasks instead of waiting for the old sequence number."""
+    port = free_port()
+    first = ServerProcess.uvicorn(APP, clean_env(), tmp_path / "first.log", port)
+    page, errors = live.page()
+    with first.start(), httpx.Client(base_url=first.base_url, timeout=10) as client:
+        first.wait_ready("/health")
+        for order in (201, 202, 203):
+            assert client.post(f"/orders/{order}", headers=traceparent(order)).status_code == 200
+        page.goto(f"{first.base_url}/tasks")
+        wait_for(lambda: page.locator("#tasks tbody tr").count() == 9, 5, "the first 9 tasks")
+    second = ServerProcess.uvicorn(APP, clean_env(), tmp_path / "second.log", port)
+    with second.start(), httpx.Client(base_url=second.base_url, timeout=10) as client:
+        second.wait_ready("/health")
+        assert client.post("/orders/204", headers=traceparent(204)).status_code == 200
+        rows = f'#tasks tbody tr[data-trace="{trace_of(204)}"]'
+        wait_for(lambda: page.locator(rows).count() == 3, 6, "the new process's 3 tasks")
+        assert page.locator("#tasks tbody tr").count() == 3  # the old process's are gone
+    # Only the failed polls while no server answered; nothing else.
+    assert all("Failed to load resource" in e or "fetch" in e.lower() for e in errors), errors

@@ -4,6 +4,8 @@ Prometheus's quantile interpolation, arguments only with ``record_args``."""
 from __future__ import annotations
 
 import gc
+import json
+import time
 import tracemalloc
 from typing import Any
 
@@ -175,7 +177,24 @@ def test_observer_only_with_ui_path_and_last() -> None:
         ({"ui_path": "tasks"}, "invalid ui_path='tasks'"),
         ({"ui_path": "/tasks/"}, "invalid ui_path='/tasks/'"),
         ({"ui_path": "/"}, "invalid ui_path='/'"),
-        ({"ui_path": "/metrics"}, "other than metrics_path"),
+        ({"ui_path": "/metrics"}, "neither at, below nor above metrics_path='/metrics'"),
+        ({"ui_path": "/tasks", "metrics_path": "/tasks/metrics"},
+         "invalid ui_path='/tasks'; expected a path neither at, below nor above "
+         "metrics_path='/tasks/metrics'"),
+        ({"ui_path": "/ops/tasks", "metrics_path": "/ops"}, "metrics_path='/ops'"),
+        ({"ui_path": "/tasks?x"}, "invalid ui_path='/tasks?x'"),
+        ({"ui_path": "/ta sks"}, "invalid ui_path='/ta sks'"),
+        ({"ui_path": "/tasks#"}, "invalid ui_path='/tasks#'"),
+        ({"ui_path": "//tasks"}, "invalid ui_path='//tasks'"),
+        ({"ui_path": "/tasks/../x"}, "invalid ui_path='/tasks/../x'"),
+        ({"ui_path": "/t", "ui_trace_url": "//evil.example/{trace_id}"}, "invalid ui_trace_url"),
+        ({"ui_path": "/t", "ui_trace_url": "/\\evil.example/{trace_id}"}, "invalid ui_trace_url"),
+        ({"ui_path": "/t", "ui_trace_url": "https://g.example/{trace_id}\nx"},
+         "invalid ui_trace_url"),
+        ({"ui_path": "/t", "ui_trace_url": 'https://g.example/"><script>{trace_id}'},
+         "invalid ui_trace_url"),
+        ({"ui_path": "/t", "ui_trace_url": "https://u@evil.example/{trace_id}"},
+         "invalid ui_trace_url"),
         ({"ui_path": 5}, "invalid ui_path=5"),
         ({"ui_path": "/t", "ui_trace_url": "https://g.example/explore"}, "containing '{trace_id}'"),
         ({"ui_path": "/t", "ui_trace_url": "javascript:x('{trace_id}')"}, "invalid ui_trace_url"),
@@ -186,6 +205,19 @@ def test_invalid_options_name_the_option(options: dict[str, Any], message: str) 
     with pytest.raises(ValueError, match="instrument\\(\\): invalid ui_") as caught:
         tasklens.instrument(Starlette(), **options)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://grafana.example/explore?left={%22queries%22:[{%22query%22:%22{trace_id}%22}]}",
+        "http://localhost:3000/trace/{trace_id}",
+        "https://[::1]:16686/trace/{trace_id}",
+        "/jaeger/trace/{trace_id}",
+    ],
+)
+def test_trace_url_templates_that_are_accepted(url: str) -> None:
+    assert TelemetryOptions(ui_path="/tasks", ui_trace_url=url).ui_trace_url == url
 
 
 def test_metrics_auth_may_protect_the_page_alone() -> None:
@@ -215,3 +247,107 @@ def test_page_under_a_mount_point_links_its_own_files() -> None:
             f"{__name__}.ok_sync"
         ]
         assert client.get("/tasks").status_code == 404  # relative to the mount point
+
+
+def _named(i: int) -> Any:
+    def task() -> None:
+        return None
+
+    task.__qualname__ = f"task_{i:03d}_".ljust(100 - len(__name__) - 1, "n")
+    return task
+
+
+def test_summary_of_500_long_names_is_capped_cheap_and_sent_when_changed() -> None:
+    """500 task names of 100 characters (``max_task_names``' default): the page gets the
+    top :data:`SUMMARY_NAMES` by count, no merge under the lock, and nothing while unchanged."""
+    funcs = [_named(i) for i in range(500)]
+
+    async def endpoint(request: Request) -> Response:
+        tasks = BackgroundTasks()
+        for i, func in enumerate(funcs):
+            for _ in range(1 + (i % 7 == 0)):  # every 7th name twice: the top 72
+                tasks.add_task(func)
+        return Response(b"", background=tasks)
+
+    app = Starlette(routes=[Route("/work", endpoint)])
+    tasklens.instrument(app, ui_path="/tasks", metrics_path=None)
+    buffer = app.state.tasklens[0].observers[-1]
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/work").status_code == 200
+        first = client.get("/tasks/api/live").json()
+        assert len(first["names"][0]["name"]) == 100
+        assert first["names_total"] == 500
+        assert len(first["names"]) == lb.SUMMARY_NAMES == 50
+        assert {r["count"] for r in first["names"]} == {6}  # the top names by count
+        assert sum(r["count"] for r in first["names"]) == 300
+        token = first["names_token"]
+        # Nothing new: no names, and a small answer.
+        idle = client.get(f"/tasks/api/live?after={first['seq']}&names={token}")
+        assert idle.json()["names"] is None and idle.json()["tasks"] == []
+        assert len(idle.content) < 8_000, len(idle.content)
+        assert (
+            client.get(f"/tasks/api/live?names=keep&after={first['seq']}").json()["names"] is None
+        )
+        assert client.get("/work").status_code == 200
+        changed = client.get(f"/tasks/api/live?after={first['seq']}&names={token}").json()
+        assert changed["names"] is not None and changed["names"][0]["count"] == 8
+    # The read holds the lock for a copy of 50 names (was: a merge of 500 x 5 minutes,
+    # 14-30 ms); a generous bound for a shared CPU.
+    held = []
+    lock = buffer.lock
+
+    class Timed:
+        def __enter__(self) -> None:
+            lock.acquire()
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            held.append(time.perf_counter() - self.t)
+            lock.release()
+
+    buffer.lock = Timed()
+    for _ in range(20):
+        assert len(buffer.summary()["names"]) == 50
+    buffer.lock = lock
+    held.sort()
+    assert held[10] < 0.005, f"lock held {held[10] * 1e3:.2f} ms (median)"
+
+
+def test_summary_window_forgets_minutes_that_left_it() -> None:
+    app, buffer = _one_task_app(False)
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+    now = time.time()
+    assert [(r["count"], r["failures"]) for r in buffer.summary(now)["names"]] == [(1, 1), (1, 0)]
+    later = buffer.summary(now + (lb.SUMMARY_MINUTES + 1) * 60)
+    assert later["names"] == [] and later["names_total"] == 0 and buffer.window == {}
+    assert buffer.totals["success"] == 1 and buffer.totals["failure"] == 1
+
+
+def many_args(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def test_record_args_keeps_a_bounded_number_of_arguments_and_characters() -> None:
+    async def endpoint(request: Request) -> Response:
+        tasks = BackgroundTasks()
+        tasks.add_task(many_args, *range(5000), **{f"k{i}": "v" * 200 for i in range(5000)})
+        tasks.add_task(many_args, "a" * 150, "b" * 150, x="c" * 150)
+        return Response(b"", background=tasks)
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    tasklens.instrument(app, ui_path="/tasks", metrics_path=None, record_args=True)
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+        big, small = client.get("/tasks/api/live").json()["tasks"]
+    args = big["args"]
+    assert len(args["args"]) == lb.MAX_ARGS == 20  # 20 short ints fit in the budget
+    kept = args["args"] + list(args["kwargs"]) + list(args["kwargs"].values())
+    assert sum(map(len, kept)) <= lb.MAX_ARGS_CHARS + 30
+    assert len(args["args"]) + len(args["kwargs"]) + args["omitted"] == 10_000
+    assert len(json.dumps(args)) < 2 * lb.MAX_ARGS_CHARS
+    assert small["args"] == {
+        "args": [repr("a" * 150), repr("b" * 150)],
+        "kwargs": {"x": repr("c" * 150)},
+    }

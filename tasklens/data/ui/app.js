@@ -6,7 +6,10 @@
   const SVG = "http://www.w3.org/2000/svg";
   const KEEP = 1000; // the server keeps as many
   const SHOWN = 200; // rows drawn at once
-  const state = { seq: 0, tasks: [], names: new Set(), traceUrl: null, selected: null, live: null };
+  const NAMES_EVERY = 3000; // ms: the per-name summary is asked for at most this often
+  const TRACE_EVERY = 1000; // ms: an open trace view refreshes while its tasks may still run
+  const state = { seq: 0, tasks: [], names: new Set(), traceUrl: null, selected: null, live: null,
+    epoch: null, namesToken: "", namesAt: 0, trace: null };
   const $ = (id) => document.getElementById(id);
 
   function el(tag, props, ...children) {
@@ -68,10 +71,25 @@
   async function poll() {
     if (document.hidden) return schedule();
     try {
-      const live = await getJSON(`/api/live?after=${state.seq}`);
+      // The summary only when it changed since our copy, and not more often than NAMES_EVERY.
+      const names = Date.now() - state.namesAt < NAMES_EVERY ? "keep" : state.namesToken;
+      const live = await getJSON(`/api/live?after=${state.seq}&names=${encodeURIComponent(names)}`);
+      if ((state.epoch !== null && live.epoch !== state.epoch) || live.seq < state.seq) {
+        // Another process (the app restarted): its tasks start again at 1, ask for all of them.
+        state.epoch = live.epoch;
+        state.seq = 0;
+        state.tasks = [];
+        state.namesToken = "";
+        state.namesAt = 0;
+        return schedule(0);
+      }
+      state.epoch = live.epoch;
       state.live = live;
       state.traceUrl = live.trace_url;
-      if (live.seq < state.seq) state.tasks = []; // the app restarted
+      if (live.names) {
+        state.namesToken = live.names_token;
+        state.namesAt = Date.now();
+      }
       if (live.tasks.length) {
         state.tasks.push(...live.tasks);
         if (state.tasks.length > KEEP) state.tasks.splice(0, state.tasks.length - KEEP);
@@ -80,9 +98,10 @@
       const grew = live.seq !== state.seq;
       state.seq = live.seq;
       $("status").textContent = `live · ${new Date().toLocaleTimeString([], { hour12: false })}`;
+      $("note").hidden = live.traced || !live.seq;
       $("status").className = "muted";
       renderPlots(live);
-      renderSummary(live);
+      if (live.names) renderSummary(live);
       if (grew || !$("tasks").tBodies[0].rows.length) renderTasks();
     } catch (error) {
       $("status").textContent = error.status === 401 || error.status === 403
@@ -133,12 +152,14 @@
   // --- tasks view -------------------------------------------------------------------------
   function renderSummary(live) {
     $("window").textContent = live.window_minutes;
+    $("names-shown").textContent = live.names_total > live.names.length
+      ? `(the ${live.names.length} of ${live.names_total} task names with the most tasks)` : "";
     const body = $("summary").tBodies[0];
     body.replaceChildren(...live.names.map((s) => {
-      const name = el("a", { href: "#/", text: s.name });
+      const name = el("a", { href: "#/", text: s.name, title: s.name });
       name.addEventListener("click", (e) => { e.preventDefault(); setFilter(s.name); });
       return el("tr", { "data-name": s.name },
-        el("td", {}, name),
+        el("td", { class: "name" }, name),
         el("td", { class: "num", text: s.count }),
         el("td", { class: s.failures ? "num bad" : "num", text: s.failures }),
         el("td", { class: "num", text: `${(s.failure_ratio * 100).toFixed(1)} %` }),
@@ -151,7 +172,7 @@
     for (const s of live.names) state.names.add(s.name);
     const have = new Set([...select.options].map((o) => o.value));
     for (const name of [...state.names].sort()) {
-      if (!have.has(name)) select.append(el("option", { value: name, text: name }));
+      if (!have.has(name)) select.append(el("option", { value: name, text: name, title: name }));
     }
   }
 
@@ -185,7 +206,7 @@
       "data-trace": t.trace_id,
       class: state.selected === t.seq ? "selected" : "" },
       el("td", { class: "mono", text: clock(t.finished_ns) }),
-      el("td", { class: "name", text: t.name }),
+      el("td", { class: "name", text: t.name, title: t.name }),
       el("td", { text: t.executor }),
       outcome,
       el("td", { class: "num", text: seconds(t.queue_seconds) }),
@@ -198,8 +219,8 @@
 
   function failureBlock(t) {
     const block = el("div", { class: "failure" },
-      el("p", {}, el("strong", { class: "bad error-type", text: t.error_type || t.outcome }),
-        document.createTextNode(t.error_message ? `: ${t.error_message}` : "")));
+      el("p", { class: "message" }, el("strong", { class: "bad error-type", text: t.error_type || t.outcome }),
+        el("span", { class: "text", text: t.error_message ? `: ${t.error_message}` : "" })));
     if (t.traceback) block.append(el("pre", { class: "traceback", text: t.traceback }));
     else if (t.error_type) block.append(el("p", { class: "muted", text: "traceback no longer kept (only the last failures keep theirs)" }));
     return block;
@@ -242,6 +263,7 @@
   // --- trace view -------------------------------------------------------------------------
   async function showTrace(key) {
     $("nav-trace-label").textContent = "· trace";
+    clearTimeout(state.trace);
     const title = $("trace-title"), meta = $("trace-meta");
     let r;
     try {
@@ -256,6 +278,12 @@
     }
     state.traceUrl = r.trace_url;
     title.textContent = r.name || "request";
+    // Refresh while the request is open or a task is missing its run (still queued/running).
+    const expected = Math.max(0, ...r.tasks.map((t) => t.batch_size));
+    const open = r.end_ns === null || r.tasks.length + r.tasks_not_kept < expected;
+    if (open && location.hash === `#/trace/${key}`) {
+      state.trace = setTimeout(() => { if (location.hash === `#/trace/${key}`) showTrace(key); }, TRACE_EVERY);
+    }
     const facts = [`trace ${r.trace_id}`, `span ${r.span_id}`];
     if (r.duration_seconds !== null) facts.push(`request ${seconds(r.duration_seconds)}`);
     facts.push(`${r.tasks.length} task${r.tasks.length === 1 ? "" : "s"}`);
@@ -334,7 +362,7 @@
     $("view-tasks").hidden = !!match;
     $("view-trace").hidden = !match;
     if (match) showTrace(match[1]);
-    else $("nav-trace-label").textContent = "";
+    else { clearTimeout(state.trace); $("nav-trace-label").textContent = ""; }
   }
   window.addEventListener("hashchange", route);
   $("filter-name").addEventListener("change", renderTasks);

@@ -53,6 +53,22 @@ async def rebuild(background_tasks: BackgroundTasks) -> dict[str, str]:
     return {"status": "rebuilding"}
 
 
+# The app's own routes at and below ui_path: only GET /tasks is the page's (warned at start).
+@app.get("/tasks")
+def shadowed() -> dict[str, str]:
+    return {"never": "reached"}
+
+
+@app.get("/tasks/{tid}")
+def get_task(tid: str) -> dict[str, str]:
+    return {"task": tid}
+
+
+@app.post("/tasks")
+def create_task() -> dict[str, bool]:
+    return {"created": True}
+
+
 @app.get("/health")
 def health() -> dict[str, str]:
     return {"status": "ok"}
