@@ -12,7 +12,10 @@ rounds that alternate the apps, so machine noise hits all alike:
 - ``bare+buffer``: ``observers=[LiveBuffer()]``: the page's recording alone.
 
 Nobody opens the page meanwhile: this is the cost when nobody looks. Then what one look
-costs: answering ``api/live`` with the buffer full (1,000 tasks) and with nothing new.
+costs: answering ``api/live`` with the buffer full (1,000 tasks) and with nothing new; and
+the same with 500 task names of 100 characters (``max_task_names``' default), where the
+per-name summary dominates: the answer's time and size, and how long a read holds the
+buffer's lock (the ``finished`` hook's pass waits on it).
 Writes ``bench/results/live_page.md``.
 """
 
@@ -28,6 +31,10 @@ from typing import Any
 
 from opentelemetry import trace
 from starlette.applications import Starlette
+from starlette.background import BackgroundTasks
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from bench import apps
 
@@ -114,7 +121,83 @@ async def measure(rounds: int, requests: dict[str, int], tasks: int) -> dict[str
         "per_task_us": per_task,
         "api_live_full_ms": full_ms,
         "api_live_nothing_new_ms": idle_ms,
+        "names_500": await names_case(),
     }
+
+
+def _named(i: int, chars: int) -> Any:
+    def task() -> None:
+        return None
+
+    task.__qualname__ = f"task_{i:03d}_".ljust(chars - len(__name__) - 1, "n")
+    return task
+
+
+class _TimedLock:
+    """The buffer's lock, recording how long each hold lasts."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.held: list[float] = []
+        self._at = 0.0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self._at = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.held.append(time.perf_counter() - self._at)
+        self.lock.release()
+
+
+async def names_case(names: int = 500, chars: int = 100, times: int = 30) -> dict[str, float]:
+    """One ``api/live`` poll with ``names`` task names of ``chars`` characters, the buffer
+    full: ms (median) and KB, with nothing new (as the page asks: its summary's token) and
+    with the summary sent; the lock's hold per read (median, max ms)."""
+    import tasklens
+    from tasklens.telemetry.live_page import LivePage, live_buffer_of
+
+    funcs = [_named(i, chars) for i in range(names)]
+
+    async def endpoint(request: Request) -> Response:
+        tasks = BackgroundTasks()
+        for func in funcs * (1000 // names + 1):
+            tasks.add_task(func)
+        return Response(b"", background=tasks)
+
+    app = Starlette(routes=[Route("/names", endpoint)])
+    tasklens.instrument(app, ui_path="/tasks", metrics_path=None)
+    async with apps.Lifespan(app) as lifespan:
+        for _ in range(2):
+            await apps.request(app, "/names", lifespan.state)
+    buffer = live_buffer_of(app)
+    assert buffer is not None
+    buffer.drain()
+    page = LivePage(lambda: buffer)
+
+    def answer(query: str) -> tuple[float, bytes]:
+        scope = {"query_string": query.encode(), "tasklens.ui_path": "/tasks"}
+        start = time.perf_counter()
+        status, _, body = page._answer(scope, "/api/live")
+        assert status == 200
+        return time.perf_counter() - start, body
+
+    first = json.loads(answer("after=0")[1])
+    idle_query = f"after={first['seq']}&names={first.get('names_token', '')}"
+    result: dict[str, float] = {}
+    for label, query in (("idle", idle_query), ("summary", f"after={first['seq']}")):
+        runs = sorted(answer(query)[0] for _ in range(times))
+        result[f"{label}_ms"] = runs[times // 2] * 1e3
+        result[f"{label}_kb"] = len(answer(query)[1]) / 1000
+    timed = _TimedLock(buffer.lock)
+    buffer.lock = timed  # type: ignore[assignment]
+    for _ in range(times):
+        buffer.summary()
+    buffer.lock = timed.lock
+    held = sorted(timed.held)
+    result["lock_median_ms"] = held[len(held) // 2] * 1e3
+    result["lock_max_ms"] = held[-1] * 1e3
+    return result
 
 
 def _seq(app: Starlette) -> int:
@@ -155,6 +238,14 @@ def report(result: dict[str, Any], rounds: int, requests: dict[str, int], tasks:
         f"- One look: `api/live` answers in {result['api_live_full_ms']:.2f} ms with the buffer "
         f"full (1,000 tasks serialised), {result['api_live_nothing_new_ms']:.2f} ms when "
         "nothing is new (the page asks once a second while visible).",
+    ]
+    n = result["names_500"]
+    lines += [
+        f"- 500 task names of 100 characters, buffer full: a poll with nothing new (the page "
+        f"sends its summary's token) {n['idle_ms']:.2f} ms, {n['idle_kb']:.1f} KB; with the "
+        f"summary (top 50 names) {n['summary_ms']:.2f} ms, {n['summary_kb']:.1f} KB; a read "
+        f"holds the buffer's lock {n['lock_median_ms']:.2f} ms (median, max "
+        f"{n['lock_max_ms']:.2f} ms).",
         "",
     ]
     return "\n".join(lines)

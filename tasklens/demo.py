@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import random
+import secrets
 import sys
 import tempfile
 import time
@@ -34,6 +35,8 @@ import tasklens
 log = structlog.get_logger("demo")
 stdlib_log = logging.getLogger("demo.stdlib")
 OUTBOX = Path(os.environ.get("TASKLENS_DEMO_DIR", tempfile.gettempdir())) / "tasklens-demo"
+#: This process's demo: its /health says so, so the banner is printed for it only.
+INSTANCE = secrets.token_hex(8)
 
 
 class PaymentDeclinedError(Exception):
@@ -176,7 +179,7 @@ def create_app() -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "demo": INSTANCE}
 
     mode = os.environ.get("TASKLENS_DEMO_MODE", "inline")
     tasklens.instrument(
@@ -213,12 +216,23 @@ def urls_banner(ui_path: str | None, self_traffic: bool, span_logs: bool) -> str
     return "\n".join(lines)
 
 
-async def _print_urls(ui_path: str | None, self_traffic: bool, span_logs: bool) -> None:
-    """Print the URLs once the server answers (after uvicorn's own start-up lines)."""
+def _ours(response: httpx.Response) -> bool:
+    """The answer is this demo process's ``/health`` (not another server's on the port)."""
+    try:
+        return response.status_code == 200 and response.json().get("demo") == INSTANCE
+    except (ValueError, AttributeError):
+        return False
+
+
+async def _print_urls(
+    ui_path: str | None, self_traffic: bool, span_logs: bool, attempts: int = 600
+) -> None:
+    """Print the URLs once this server answers (after uvicorn's own start-up lines); not
+    at all if in ``attempts`` tenths of a second only something else answered."""
     async with httpx.AsyncClient(base_url=_base_url(), timeout=2) as client:
-        for _ in range(600):  # 60 s at most
+        for _ in range(attempts):  # 60 s at most
             try:
-                if (await client.get("/health")).status_code == 200:
+                if _ours(await client.get("/health")):
                     break
             except httpx.HTTPError:
                 pass

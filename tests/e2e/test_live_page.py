@@ -304,16 +304,20 @@ def test_page_after_a_restart_shows_the_new_process_tasks(live: Live, tmp_path: 
     """uvicorn --reload, a deploy: the new process counts from 1 again; the open page asks
     for all of its tasks instead of waiting for the old sequence number."""
     port = free_port()
-    first = ServerProcess.uvicorn(APP, clean_env(), tmp_path / "first.log", port)
     page, errors = live.page()
-    with first.start(), httpx.Client(base_url=first.base_url, timeout=10) as client:
+    with (
+        ServerProcess.uvicorn(APP, clean_env(), tmp_path / "first.log", port) as first,
+        httpx.Client(base_url=first.base_url, timeout=10) as client,
+    ):
         first.wait_ready("/health")
         for order in (201, 202, 203):
             assert client.post(f"/orders/{order}", headers=traceparent(order)).status_code == 200
         page.goto(f"{first.base_url}/tasks")
         wait_for(lambda: page.locator("#tasks tbody tr").count() == 9, 5, "the first 9 tasks")
-    second = ServerProcess.uvicorn(APP, clean_env(), tmp_path / "second.log", port)
-    with second.start(), httpx.Client(base_url=second.base_url, timeout=10) as client:
+    with (
+        ServerProcess.uvicorn(APP, clean_env(), tmp_path / "second.log", port) as second,
+        httpx.Client(base_url=second.base_url, timeout=10) as client,
+    ):
         second.wait_ready("/health")
         assert client.post("/orders/204", headers=traceparent(204)).status_code == 200
         rows = f'#tasks tbody tr[data-trace="{trace_of(204)}"]'
@@ -321,3 +325,66 @@ def test_page_after_a_restart_shows_the_new_process_tasks(live: Live, tmp_path: 
         assert page.locator("#tasks tbody tr").count() == 3  # the old process's are gone
     # Only the failed polls while no server answered; nothing else.
     assert all("Failed to load resource" in e or "fetch" in e.lower() for e in errors), errors
+
+
+def test_trace_view_refreshes_while_the_requests_tasks_run(live: Live) -> None:
+    trace_id = secrets.token_hex(16)
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    assert live.client.post("/slow", headers=headers).status_code == 200
+    first = wait_for(
+        lambda: [t for t in live.client.get("/tasks/api/live").json()["tasks"]
+                 if t["trace_id"] == trace_id],
+        5, "the quick task",
+    )  # fmt: skip
+    page, errors = live.page()
+    page.goto(live.url(f"#/trace/{first[0]['request']}"))
+    page.wait_for_selector("#trace-tasks tbody tr")
+    names = "rs => rs.map(r => r.dataset.name.split('.').pop())"
+    if page.locator("#trace-tasks tbody tr").count() == 1:  # the slow task still running
+        assert page.locator("#trace-tasks tbody tr").evaluate_all(names) == ["quick"]
+    wait_for(lambda: page.locator("#trace-tasks tbody tr").count() == 2, 5, "the slow task")
+    assert page.locator("#trace-tasks tbody tr").evaluate_all(names) == ["quick", "slow"]
+    assert errors == []
+
+
+def test_without_a_tracer_provider_long_names_and_bidi_text(live: Live, tmp_path: Path) -> None:
+    """No ``tasklens.setup()``: the page says why there are no trace ids. A 200-character
+    name and a right-to-left override in a message stay in their cells, in order."""
+    env = clean_env(LIVE_APP_NO_SETUP="1")
+    with (
+        ServerProcess.uvicorn(APP, env, tmp_path / "server.log", free_port()) as server,
+        httpx.Client(base_url=server.base_url, timeout=10) as client,
+    ):
+        server.wait_ready("/health")
+        assert client.post("/orders/1").status_code == 200
+        assert client.post("/odd").status_code == 200
+        wait_for(lambda: client.get("/tasks/api/live").json()["seq"] >= 4, 5, "4 tasks")
+        page, errors = live.page()
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(f"{server.base_url}/tasks")
+        page.wait_for_selector('#tasks tbody tr[data-outcome="failure"]')
+        note = page.locator("#note")
+        assert note.is_visible() and "no tracer provider" in note.inner_text().lower()
+        assert "tasklens.setup()" in note.inner_text()
+        # Nothing wider than the window: the long name is cut with an ellipsis.
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 1280, width
+        assert page.locator("#filter-name").bounding_box()["width"] < 500  # type: ignore[index]
+        page.locator('#tasks tbody tr[data-outcome="failure"]').click()
+        page.wait_for_selector("#detail .failure")
+        message = page.locator("#detail .failure p.message")
+        box = message.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 1280
+        bidi = page.evaluate(
+            "sel => getComputedStyle(document.querySelector(sel)).unicodeBidi",
+            "#detail .failure p.message .text",
+        )
+        assert bidi == "plaintext"
+        for sel in ("#tasks td.name", "#summary td.name a"):
+            assert (
+                page.evaluate(
+                    "sel => getComputedStyle(document.querySelector(sel)).unicodeBidi", sel
+                )
+                == "plaintext"
+            ), sel
+        assert errors == []

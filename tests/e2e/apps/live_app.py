@@ -11,7 +11,8 @@ from fastapi import BackgroundTasks, FastAPI, Request
 
 import tasklens
 
-tasklens.setup(service_name="live-e2e", span_logs=False)
+if not os.environ.get("LIVE_APP_NO_SETUP"):  # without: no tracer provider, no trace ids
+    tasklens.setup(service_name="live-e2e", span_logs=False)
 app = FastAPI()
 TOKEN = os.environ.get("LIVE_APP_TOKEN")
 
@@ -51,6 +52,36 @@ async def create_order(order: int, background_tasks: BackgroundTasks) -> dict[st
 async def rebuild(background_tasks: BackgroundTasks) -> dict[str, str]:
     background_tasks.add_task(rebuild_cache)
     return {"status": "rebuilding"}
+
+
+async def quick() -> None:
+    return None
+
+
+async def slow() -> None:
+    await asyncio.sleep(1.5)
+
+
+@app.post("/slow")
+async def slow_request(background_tasks: BackgroundTasks) -> dict[str, int]:
+    background_tasks.add_task(quick)
+    background_tasks.add_task(slow)
+    return {"tasks": 2}
+
+
+async def odd(order: int) -> None:
+    # A right-to-left override and a long unbroken word: neither may disorder the page.
+    raise InventoryError("\u202egnirts desrever " + "x" * 400)
+
+
+# A 200-character task name (a generated function's, say).
+odd.__qualname__ = "odd_" + "\u05d0" * 3 + "_" + "n" * 192
+
+
+@app.post("/odd")
+async def odd_request(background_tasks: BackgroundTasks) -> dict[str, int]:
+    background_tasks.add_task(odd, 1)
+    return {"tasks": 1}
 
 
 # The app's own routes at and below ui_path: only GET /tasks is the page's (warned at start).
