@@ -78,6 +78,9 @@ def _compile(
 
 
 _text_patterns = _compile(_words)
+#: A bearer token standing alone, not after a sensitive key ("sent Bearer eyJ..."): 16 or
+#: more token characters after the scheme word ("the bearer of" is prose).
+_BEARER = re.compile(r"\b(bearer)\s+[A-Za-z0-9._~+/-]{16,}=*", re.IGNORECASE)
 
 
 def _redact_pair(match: re.Match[str]) -> str:
@@ -91,16 +94,20 @@ def _redact_pair(match: re.Match[str]) -> str:
 
 
 def scrub(text: str) -> str:
-    """``text`` with URL passwords (``scheme://user:[redacted]@host``) and the values of
-    sensitive keys (``api_key=[redacted]``, ``'password': '[redacted]'``) replaced."""
+    """``text`` with URL passwords (``scheme://user:[redacted]@host``), bearer tokens
+    (``Bearer [redacted]``) and the values of sensitive keys (``api_key=[redacted]``,
+    ``'password': '[redacted]'``) replaced."""
     credentials, pair, squashed_words = _text_patterns
     if "://" in text:
         text = credentials.sub(rf"\g<head>:{REDACTED}@", text)
+    lowered = text.lower()
     # Most text names no sensitive word: a literal search (~1 us) spares the full regex.
-    squashed = text.lower().replace("_", "").replace("-", "")
-    if squashed_words.search(squashed) is None:
-        return text
-    return pair.sub(_redact_pair, text)
+    squashed = lowered.replace("_", "").replace("-", "")
+    if squashed_words.search(squashed) is not None:
+        text = pair.sub(_redact_pair, text)
+    if "bearer" in lowered:
+        text = _BEARER.sub(rf"\1 {REDACTED}", text)
+    return text
 
 
 # --- task arguments (record_args=True) ---------------------------------------------------

@@ -227,3 +227,12 @@ def test_a_failing_traceback_formatter_falls_back(monkeypatch: pytest.MonkeyPatc
     assert failure.message == f"token={R}"
     assert failure.stacktrace == "<unrepresentable traceback of ValueError>\n"
     assert failure.fallbacks == 1
+
+
+def test_a_bearer_token_standing_alone_is_scrubbed() -> None:
+    from tasklens.telemetry.redact import scrub
+
+    text = "upstream refused: sent Bearer eyJhbGciOi.eyJzdWIi.SflKxwRJSM= to billing"
+    assert scrub(text) == "upstream refused: sent Bearer [redacted] to billing"
+    assert scrub("authorization: Bearer abc.def") == "authorization: [redacted]"
+    assert scrub("the bearer of bad news") == "the bearer of bad news"  # prose stays
