@@ -61,6 +61,8 @@ class CeleryDispatch:
         #: Registered task name -> (the app's task, its serializer): Celery's settings
         #: lookups cost more than the rest of add_task.
         self._known: dict[str, tuple[Any, str]] = {}
+        #: Registered task name -> its queue ("" unknown), when no task_routes are set.
+        self._queues: dict[str, str] = {}
         warn_unbounded_publish(app)
 
     def claim(
@@ -103,14 +105,23 @@ class CeleryDispatch:
         self, task: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str | None:
         """The queue Celery's router picks (``task_routes``, the task's ``queue``, the
-        default), for the span's ``messaging.destination.name``."""
+        default), for the span's ``messaging.destination.name``; without routes it depends
+        on the task alone and is looked up once per task name."""
+        cached = self._queues.get(name)
+        if cached is not None:
+            return cached or None
+        # Read once per name (a settings lookup costs ~6 us): routes are set at start-up.
+        routed = bool(self.app.conf.task_routes)
         try:
             options = {"queue": task.queue} if getattr(task, "queue", None) else {}
             queue = self.app.amqp.router.route(options, name, args, kwargs).get("queue")
         except Exception:  # a user router that raises: Celery will say so at the send
             return None
         queue_name = getattr(queue, "name", queue)
-        return str(queue_name) if queue_name else None
+        found = str(queue_name) if queue_name else None
+        if not routed:
+            self._queues[name] = found or ""
+        return found
 
 
 class CelerySend:
