@@ -136,17 +136,17 @@ def test_demo_without_uvicorn_names_the_extra(venv: Path, tmp_path: Path) -> Non
     assert "pip install 'tasklens[demo]'" in result.stderr
 
 
-def _readme_example() -> str:
+def _readme_block(marker: str) -> str:
     readme = (REPO / "README.md").read_text()
-    match = re.search(r"<!-- example:app -->\s*```python\n(.*?)```", readme, re.S)
-    assert match, "README lost its runnable example"
+    match = re.search(rf"<!-- example:{marker} -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, f"README lost its {marker} example"
     return match.group(1)
 
 
 def test_readme_example_runs_under_uvicorn(venv: Path, tmp_path: Path) -> None:
     python = venv / "bin" / "python"
     _run(python, "-m", "pip", "install", "-q", "fastapi", "uvicorn", cwd=tmp_path)
-    (tmp_path / "app.py").write_text(_readme_example())
+    (tmp_path / "app.py").write_text(_readme_block("app"))
     port = free_port()
     env = clean_env()
     env.pop("PYTHONPATH")
@@ -169,13 +169,6 @@ def test_readme_example_runs_under_uvicorn(venv: Path, tmp_path: Path) -> None:
     assert finished == 1.0
     written = (tmp_path / "log.txt").read_text()
     assert written == "notification for ada@example.com: some notification"
-
-
-def _readme_block(marker: str) -> str:
-    readme = (REPO / "README.md").read_text()
-    match = re.search(rf"<!-- example:{marker} -->\s*```python\n(.*?)```", readme, re.S)
-    assert match, f"README lost its {marker} example"
-    return match.group(1)
 
 
 def test_readme_celery_example_runs_with_a_real_broker_and_worker(
@@ -206,7 +199,11 @@ def test_readme_celery_example_runs_with_a_real_broker_and_worker(
         port = free_port()
         web_args = [str(python), "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
                     "--port", str(port)]  # fmt: skip
-        with worker, ServerProcess(web_args, env, tmp_path / "web.log", port, cwd=tmp_path) as web:
+        # As the README's commands: the directory is the worker's alone (the web app has
+        # one process; a worker refuses a directory another running process writes to).
+        web_env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        web = ServerProcess(web_args, web_env, tmp_path / "web.log", port, cwd=tmp_path)
+        with worker, web:
             worker.wait_ready("/metrics")
             web.wait_ready("/docs")
             with httpx.Client(base_url=web.base_url, timeout=10) as client:
