@@ -23,7 +23,7 @@ from opentelemetry import propagate
 
 from .context import current_task_var
 from .naming import TaskIdentity, TaskNamer
-from .outcomes import EXECUTOR_BROKER
+from .outcomes import EXECUTOR_BROKER, Executor
 from .record import Message
 
 #: Message header: ``time.time_ns()`` at ``add_task``, in the web process.
@@ -58,11 +58,10 @@ class CeleryDispatch:
 
         self.app = app
         self._task_type = Task
-        #: Registered task name -> (the app's task, its serializer): Celery's settings
-        #: lookups cost more than the rest of add_task.
-        self._known: dict[str, tuple[Any, str]] = {}
-        #: Registered task name -> its queue ("" unknown), when no task_routes are set.
-        self._queues: dict[str, str] = {}
+        #: Registered task name -> (the app's task, its serializer, its queue; None when
+        #: task_routes decide it per call): Celery's settings lookups (~6 us each) cost more
+        #: than the rest of add_task, and are set at start-up.
+        self._known: dict[str, tuple[Any, str, str | None]] = {}
         warn_unbounded_publish(app)
 
     def claim(
@@ -86,11 +85,12 @@ class CeleryDispatch:
                 return None
             task = self.app.tasks[name]
             serializer = task.serializer or self.app.conf.task_serializer
+            queue = None if self.app.conf.task_routes else self._queue(task, name, (), {})
             # Bounded by the app's registry: one entry per registered task name.
-            known = self._known[name] = (task, str(serializer))
-        if self.app.conf.task_always_eager:
+            known = self._known[name] = (task, str(serializer), queue)
+        if self.app.conf.task_always_eager:  # live: test suites switch it on and off
             return None
-        task, serializer = known
+        task, serializer, queue = known
         if getattr(task, "typing", True):
             check = getattr(task, "__header__", None)
             if check is not None:
@@ -99,29 +99,20 @@ class CeleryDispatch:
                 except TypeError as exc:
                     raise TypeError(f"add_task({name}): {exc}") from None
         _check_serializable(task, name, serializer, args, kwargs)
-        return CelerySend(task, name, self._queue(task, name, args, kwargs))
+        if queue is None:
+            queue = self._queue(task, name, args, kwargs)
+        return CelerySend(task, name, queue)
 
-    def _queue(
-        self, task: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> str | None:
+    def _queue(self, task: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The queue Celery's router picks (``task_routes``, the task's ``queue``, the
-        default), for the span's ``messaging.destination.name``; without routes it depends
-        on the task alone and is looked up once per task name."""
-        cached = self._queues.get(name)
-        if cached is not None:
-            return cached or None
-        # Read once per name (a settings lookup costs ~6 us): routes are set at start-up.
-        routed = bool(self.app.conf.task_routes)
+        default), for the span's ``messaging.destination.name``; "" when it cannot say."""
         try:
             options = {"queue": task.queue} if getattr(task, "queue", None) else {}
             queue = self.app.amqp.router.route(options, name, args, kwargs).get("queue")
         except Exception:  # a user router that raises: Celery will say so at the send
-            return None
+            return ""
         queue_name = getattr(queue, "name", queue)
-        found = str(queue_name) if queue_name else None
-        if not routed:
-            self._queues[name] = found or ""
-        return found
+        return str(queue_name) if queue_name else ""
 
 
 class CelerySend:
@@ -129,18 +120,15 @@ class CelerySend:
 
     ``__wrapped__`` is the task's own function, so code attributes point at the user's code."""
 
-    def __init__(self, task: Any, name: str, queue: str | None) -> None:
+    def __init__(self, task: Any, name: str, queue: str) -> None:
         self.task = task
         self.name = name
-        self.queue = queue
+        self.queue = queue or None
         self.task_id = str(uuid.uuid4())
         self.__wrapped__ = getattr(task, "run", task)
 
     def identity(self, namer: TaskNamer) -> TaskIdentity:
-        run = self.__wrapped__
-        qualname = str(getattr(run, "__qualname__", self.name))
-        module = str(getattr(run, "__module__", "") or "")
-        return namer.identify_named(self.name, EXECUTOR_BROKER, qualname, module)
+        return celery_identity(namer, self.task, EXECUTOR_BROKER)
 
     def message(self) -> Message:
         return Message(MESSAGING_SYSTEM, "send", self.task_id, self.queue)
@@ -152,6 +140,18 @@ class CelerySend:
         enqueued_ns = record.enqueued_ns if record is not None else time.time_ns()
         headers[HEADER_ENQUEUED_NS] = str(enqueued_ns)
         self.task.apply_async(args, kwargs, task_id=self.task_id, headers=headers)
+
+
+def celery_identity(namer: TaskNamer, task: Any, executor: Executor) -> TaskIdentity:
+    """The identity of a Celery task, on either side: its registered name (the same in the
+    web process and on workers), code attributes from the function it runs."""
+    run = getattr(task, "run", task)
+    return namer.identify_named(
+        str(task.name),
+        executor,
+        str(getattr(run, "__qualname__", task.name)),
+        str(getattr(run, "__module__", "") or ""),
+    )
 
 
 def warn_unbounded_publish(app: Any) -> bool:

@@ -24,8 +24,12 @@ from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
-from .celery_send import HEADER_ENQUEUED_NS, MESSAGING_SYSTEM, require_celery_app
-from .naming import TaskIdentity
+from .celery_send import (
+    HEADER_ENQUEUED_NS,
+    MESSAGING_SYSTEM,
+    celery_identity,
+    require_celery_app,
+)
 from .outcomes import (
     EXECUTOR_CELERY,
     OUTCOME_CANCELLED,
@@ -117,15 +121,6 @@ class CeleryWorkerRuntime:
     def _ours(self, task: Any) -> bool:
         return task is not None and getattr(task, "name", None) in self.app.tasks
 
-    def _identity(self, task: Any) -> TaskIdentity:
-        run = getattr(task, "run", task)
-        return self.runner.namer.identify_named(
-            str(task.name),
-            EXECUTOR_CELERY,
-            str(getattr(run, "__qualname__", task.name)),
-            str(getattr(run, "__module__", "") or ""),
-        )
-
     def _prerun(
         self, sender: Any = None, task_id: str | None = None, task: Any = None, **kwargs: Any
     ) -> None:
@@ -139,7 +134,7 @@ class CeleryWorkerRuntime:
             delivery = getattr(request, "delivery_info", None) or {}
             queue = delivery.get("routing_key") if isinstance(delivery, dict) else None
             record = self.runner.receive(
-                self._identity(task),
+                celery_identity(self.runner.namer, task, EXECUTOR_CELERY),
                 task,
                 tuple(kwargs.get("args") or ()),
                 dict(kwargs.get("kwargs") or {}),

@@ -182,6 +182,10 @@ class TaskRunner:
             parent if parent is not None else otel_context.get_current(),
         )
         record.message = message
+        return self._enqueued(record)
+
+    def _enqueued(self, record: TaskRecord) -> TaskRecord:
+        """Count the record as unfinished (``max_pending``) and announce it."""
         if self._bounded:
             with self._count_lock:
                 self.unfinished += 1
@@ -213,11 +217,7 @@ class TaskRunner:
         else:
             record.enqueued_at -= waited / 1e9
             record.enqueued_ns = enqueued_ns  # type: ignore[assignment]
-        if self._bounded:
-            with self._count_lock:
-                self.unfinished += 1
-        _notify(self._on_enqueued, record)
-        return record
+        return self._enqueued(record)
 
     def start_external(self, record: TaskRecord) -> contextvars.Token[TaskRecord | None]:
         """The engine is about to call the task's function, in this thread and context;

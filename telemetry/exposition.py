@@ -319,16 +319,22 @@ class MetricsEndpointMiddleware:
             await self.app(scope, receive, send)
 
 
-def exclude_from_fastapi_telemetry(app: Starlette, path: str) -> None:
-    """Keep scrapes of ``path`` out of FastAPI's native request spans (FastAPI >= 0.164 wraps
-    the whole app, outside any middleware); the user's own ``exclude`` still applies."""
+def exclude_from_fastapi_telemetry(app: Starlette, matches: Callable[[Scope], bool]) -> None:
+    """Keep the requests ``matches`` accepts (tasklens's own endpoints) out of FastAPI's
+    native request spans (FastAPI >= 0.164 wraps the whole app, outside any middleware);
+    the user's own ``exclude`` still applies."""
     config = getattr(app, "_telemetry", None)
     if not isinstance(config, dict) or "exclude" not in config:
         return
     user_exclude = config["exclude"]
 
     def exclude(scope: Any) -> bool:
-        at_path = scope.get("type") == "http" and route_path(scope) == path
-        return at_path or bool(user_exclude and user_exclude(scope))
+        return matches(scope) or bool(user_exclude and user_exclude(scope))
 
     config["exclude"] = exclude
+
+
+def at_path(path: str) -> Callable[[Scope], bool]:
+    """A match for :func:`exclude_from_fastapi_telemetry`: HTTP requests of ``path``
+    (relative to the mount point)."""
+    return lambda scope: scope.get("type") == "http" and route_path(scope) == path

@@ -27,7 +27,6 @@ from urllib.parse import parse_qs
 
 import anyio.to_thread
 from prometheus_client import CollectorRegistry
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -256,15 +255,7 @@ class LivePageMiddleware:
         await self.page({**scope, "tasklens.ui_path": self.path}, receive, send, rest)
 
 
-def exclude_page_from_fastapi_telemetry(app: Starlette, path: str) -> None:
-    """Keep the page's requests out of FastAPI's native request spans (FastAPI >= 0.164),
-    as :func:`telemetry.exposition.exclude_from_fastapi_telemetry` does for ``/metrics``."""
-    config = getattr(app, "_telemetry", None)
-    if not isinstance(config, dict) or "exclude" not in config:
-        return
-    user_exclude = config["exclude"]
-
-    def exclude(scope: Any) -> bool:
-        return _at(path, scope) is not None or bool(user_exclude and user_exclude(scope))
-
-    config["exclude"] = exclude
+def page_requests(path: str) -> Callable[[Scope], bool]:
+    """A match for :func:`telemetry.exposition.exclude_from_fastapi_telemetry`: requests
+    the page at ``path`` answers itself."""
+    return lambda scope: _at(path, scope) is not None

@@ -8,9 +8,9 @@ from starlette.middleware import Middleware
 
 from tasklens.runtime import TaskObserver
 
-from .exposition import MetricsEndpointMiddleware, exclude_from_fastapi_telemetry
+from .exposition import MetricsEndpointMiddleware, at_path, exclude_from_fastapi_telemetry
 from .live_buffer import LiveBuffer
-from .live_page import LivePageMiddleware, exclude_page_from_fastapi_telemetry, live_buffer_of
+from .live_page import LivePageMiddleware, live_buffer_of, page_requests
 from .logs import LogObserver
 from .metrics import MetricsObserver
 from .options import TelemetryOptions
@@ -66,7 +66,7 @@ def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:
         app.add_middleware(
             MetricsEndpointMiddleware, path=options.metrics_path, auth=options.metrics_auth
         )
-        exclude_from_fastapi_telemetry(app, options.metrics_path)
+        exclude_from_fastapi_telemetry(app, at_path(options.metrics_path))
     if options.ui_path:
         app.add_middleware(
             LivePageMiddleware,
@@ -76,7 +76,7 @@ def add_app_telemetry(app: Starlette, options: TelemetryOptions) -> None:
             trace_url=options.ui_trace_url,
             owner=app,
         )
-        exclude_page_from_fastapi_telemetry(app, options.ui_path)
+        exclude_from_fastapi_telemetry(app, page_requests(options.ui_path))
 
 
 async def flush_at_shutdown() -> None:

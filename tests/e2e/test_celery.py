@@ -66,11 +66,16 @@ class Shop:
         self.web.wait_ready("/health")
         return self.web
 
-    def start_worker(self, pool: str = "prefork", concurrency: int = 2) -> ServerProcess:
+    def start_worker(
+        self, pool: str = "prefork", concurrency: int = 2, **env: str
+    ) -> ServerProcess:
+        """A worker on a free metrics port (prefork: a multiprocess directory of its own);
+        ``env`` adds to or overrides its environment."""
         port = free_port()
         extra = {"SHOP_WORKER_METRICS_PORT": str(port)}
         if pool == "prefork":
             extra["PROMETHEUS_MULTIPROC_DIR"] = str(self.tmp / f"worker-metrics-{port}")
+        extra.update(env)
         log = self.tmp / f"worker-{port}.log"
         self.worker = celery_worker(TASKS, self.env(**extra), log, port, pool, concurrency)
         self.workers.append(self.worker.start())
@@ -94,6 +99,16 @@ class Shop:
         assert self.worker is not None
         with httpx.Client(base_url=self.worker.base_url, timeout=5) as client:
             return try_scrape(client)
+
+    def wait_metric(
+        self, process: str, expected: float, timeout: float, what: str, name: str, **labels: str
+    ) -> Samples:
+        """The ``process`` ("web" or "worker") /metrics once sample ``name`` with ``labels``
+        reads ``expected``."""
+        scrape_of = self.web_metrics if process == "web" else self.worker_metrics
+        return wait_for(
+            lambda: (s := scrape_of()).value(name, **labels) == expected and s, timeout, what
+        )
 
     def lines(self, name: str) -> list[str]:
         path = self.outbox / name
@@ -284,16 +299,14 @@ def test_queue_time_runs_from_add_task_to_the_worker_start(shop: Shop) -> None:
     for consumer in consumers:
         queued = float(consumer.attributes["bgtask.queue_seconds"])  # type: ignore[arg-type]
         assert hold <= held <= queued <= done - first, (held, queued)
-    samples = wait_for(
-        lambda: (
-            (s := shop.worker_metrics()).value(
-                "bgtask_queue_seconds_count", task=NOTIFY, executor="celery"
-            )
-            == n
-            and s
-        ),
+    samples = shop.wait_metric(
+        "worker",
+        n,
         10,
         "3 queue times",
+        "bgtask_queue_seconds_count",
+        task=NOTIFY,
+        executor="celery",
     )
     total = samples.value("bgtask_queue_seconds_sum", task=NOTIFY, executor="celery")
     assert n * hold <= total <= n * (done - first)
@@ -310,16 +323,14 @@ def test_failing_celery_task_counted_by_exception_class_on_the_worker(shop: Shop
     for order in range(n):
         assert shop.post(f"/pay/{order}").status_code == 200
     exception = f"{TASKS}.PaymentDeclinedError"
-    w = wait_for(
-        lambda: (
-            (s := shop.worker_metrics()).value(
-                "bgtask_failures_total", task=PAY, exception=exception
-            )
-            == n
-            and s
-        ),
+    w = shop.wait_metric(
+        "worker",
+        n,
         30,
         "4 failures on the worker",
+        "bgtask_failures_total",
+        task=PAY,
+        exception=exception,
     )
     assert w.value("bgtask_finished_total", task=PAY, executor="celery", outcome="failure") == n
     assert w.value("bgtask_finished_total", task=PAY, executor="celery", outcome="success") == 0
@@ -356,16 +367,8 @@ def test_broker_down_is_a_counted_failure_of_the_send_and_the_app_keeps_answerin
     assert httpx.get(shop.web.base_url + "/health", timeout=5).status_code == 200  # type: ignore[union-attr]
     wait_for(lambda: len(shop.lines("audit.log")) == 1 + n, 30, "the in-process tasks")
     broker_error = "kombu.exceptions.OperationalError"
-    web = wait_for(
-        lambda: (
-            (s := shop.web_metrics()).value(
-                "bgtask_failures_total", task=NOTIFY, exception=broker_error
-            )
-            == n
-            and s
-        ),
-        60,
-        "5 failed sends",
+    web = shop.wait_metric(
+        "web", n, 60, "5 failed sends", "bgtask_failures_total", task=NOTIFY, exception=broker_error
     )
     assert (
         web.value("bgtask_finished_total", task=NOTIFY, executor="broker", outcome="failure") == n
@@ -398,25 +401,25 @@ def test_worker_process_killed_mid_task_shows_as_lost(shop: Shop) -> None:
     assert shop.post("/report?seconds=120").status_code == 200
     started = wait_for(lambda: list(shop.outbox.glob("slow-*.started")), 30, "the slow task")
     pid = int(started[0].name.split("-")[1].split(".")[0])
-    running = wait_for(
-        lambda: (
-            (s := shop.worker_metrics()).value("bgtask_in_progress", task=REPORT, executor="celery")
-            == 1
-            and s
-        ),
+    running = shop.wait_metric(
+        "worker",
+        1,
         10,
         "the task in progress",
+        "bgtask_in_progress",
+        task=REPORT,
+        executor="celery",
     )
     assert lost(running) == 0
     os.kill(pid, signal.SIGKILL)
-    w = wait_for(
-        lambda: (
-            (s := shop.worker_metrics()).value("bgtask_in_progress", task=REPORT, executor="celery")
-            == 0
-            and s
-        ),
+    w = shop.wait_metric(
+        "worker",
+        0,
         20,
         "the dead process's gauge dropped",
+        "bgtask_in_progress",
+        task=REPORT,
+        executor="celery",
     )
     assert w.value("bgtask_enqueued_total", task=REPORT) == 1
     assert w.total("bgtask_finished_total", task=REPORT) == 0
@@ -440,17 +443,7 @@ def test_prefork_without_a_multiprocess_directory_stops_the_worker_naming_it(
 def test_worker_metrics_also_go_out_over_otlp_from_every_pool_process(shop: Shop) -> None:
     """OTLP metrics from each prefork process (its own ``service.instance.id``): the
     receiver's latest cumulative points, summed over instances, count every run."""
-    port = free_port()
-    env = shop.env(
-        SHOP_WORKER_METRICS_PORT=str(port),
-        PROMETHEUS_MULTIPROC_DIR=str(shop.tmp / "otlp-worker-metrics"),
-        OTEL_METRICS_EXPORTER="otlp",
-        OTEL_METRIC_EXPORT_INTERVAL="300",
-    )
-    worker = celery_worker(TASKS, env, shop.tmp / "otlp-worker.log", port, "prefork", 2)
-    shop.worker = worker
-    shop.workers.append(worker.start())
-    worker.wait_ready("/metrics")
+    shop.start_worker("prefork", 2, OTEL_METRICS_EXPORTER="otlp", OTEL_METRIC_EXPORT_INTERVAL="300")
     n = 10
     for i in range(n):
         assert shop.post(f"/send-notification/otlp{i}@example.com").status_code == 200
@@ -570,25 +563,19 @@ def test_a_solo_worker_with_a_multiprocess_directory_counts_its_tasks(shop: Shop
     stale = shop.tmp / "solo-metrics"
     stale.mkdir()
     (stale / "counter_999999.db").write_bytes(b"\0" * 16)  # a previous run's file
-    port = free_port()
-    env = shop.env(SHOP_WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(stale))
-    worker = celery_worker(TASKS, env, shop.tmp / "solo-mp.log", port, "solo", 1)
-    shop.worker = worker
-    shop.workers.append(worker.start())
-    worker.wait_ready("/metrics")
+    shop.start_worker("solo", 1, PROMETHEUS_MULTIPROC_DIR=str(stale))
     n = 3
     for i in range(n):
         assert shop.post(f"/send-notification/mp{i}@example.com").status_code == 200
-    w = wait_for(
-        lambda: (
-            (s := shop.worker_metrics()).value(
-                "bgtask_finished_total", task=NOTIFY, executor="celery", outcome="success"
-            )
-            == n
-            and s
-        ),
+    w = shop.wait_metric(
+        "worker",
+        n,
         30,
         "3 runs counted",
+        "bgtask_finished_total",
+        task=NOTIFY,
+        executor="celery",
+        outcome="success",
     )
     assert lost(w) == 0
     assert not (stale / "counter_999999.db").exists()
@@ -610,15 +597,14 @@ def test_a_second_worker_on_the_same_directory_is_refused_and_the_first_keeps_co
     assert "holds the metric files of running process" in second.log_text()
     assert "a directory of its own" in second.log_text()
     assert shop.post("/send-notification/two@example.com").status_code == 200
-    w = wait_for(
-        lambda: (
-            (s := shop.worker_metrics()).value(
-                "bgtask_finished_total", task=NOTIFY, executor="celery", outcome="success"
-            )
-            == 2
-            and s
-        ),
+    w = shop.wait_metric(
+        "worker",
+        2,
         30,
         "both runs still counted by the first worker",
+        "bgtask_finished_total",
+        task=NOTIFY,
+        executor="celery",
+        outcome="success",
     )
     assert w.value("bgtask_enqueued_total", task=NOTIFY) == 2
