@@ -86,8 +86,17 @@ def test_tasks_of_a_killed_worker_stay_visible_as_lost(tmp_path: Path) -> None:
             # It stays: a later scrape, after more traffic, still shows the same gap.
             for order in range(20, 30):
                 assert client.post(f"/orders/{order}?tasks=2").status_code == 200
+            # One scrape reads each worker's counter and gauge files one after another, not
+            # as one snapshot: a task that starts and ends between the two reads is counted
+            # pending and finished at once (BgTaskLost takes min_over_time for that). Only
+            # a settled scrape (nothing pending, only the hanging tasks running) is exact.
             later = wait_for(
-                lambda: (s := scrape(client)).total("bgtask_finished_total") == 60 and s,
+                lambda: (
+                    (s := scrape(client)).total("bgtask_finished_total") == 60
+                    and s.total("bgtask_pending") == 0
+                    and s.total("bgtask_in_progress") == len(pids) - held
+                    and s
+                ),
                 30,
                 "the later tasks done",
             )

@@ -22,6 +22,11 @@ class Samples:
                 values[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return cls(values)
 
+    def __bool__(self) -> bool:
+        """False for an empty scrape (a failed one, see :func:`try_scrape`), so that a
+        ``wait_for(lambda: condition(s := ...) and s)`` never settles on it."""
+        return bool(self.values)
+
     def total(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
         wanted = set(labels.items())
