@@ -203,7 +203,9 @@ def test_requests_run_on_the_worker_in_the_requests_traces(
     def worker_done() -> Samples | None:
         s = shop.worker_metrics()
         done = s.value("bgtask_finished_total", task=NOTIFY, executor="celery", outcome="success")
-        return s if done == n else None
+        # Settled: a scrape reads each pool process's counter and gauge files one after the
+        # other, so a run ending between the reads is in progress and finished at once.
+        return s if done == n and s.total("bgtask_in_progress") == 0 else None
 
     w = wait_for(worker_done, 20, "the worker's /metrics to count 12 runs")
     assert w.value("bgtask_enqueued_total", task=NOTIFY) == n
