@@ -135,19 +135,33 @@ def settled(live: Live, orders: int) -> bool:
     )
 
 
+def per_order_selectors(live: Live, instance: str) -> list[str]:
+    """The instance's series that each order moves by one: its PER_ORDER finished series
+    and the enqueued series of the same tasks."""
+    side = "worker" if instance == live.worker else "web"
+    base = f'job="{JOB}", instance="{instance}"'
+    rows = [(task, executor, outcome) for s, task, executor, outcome in PER_ORDER if s == side]
+    finished = [
+        f'bgtask_finished_total{{{base}, task="{t}", executor="{e}", outcome="{o}"}}'
+        for t, e, o in rows
+    ]
+    return finished + [f'bgtask_enqueued_total{{{base}, task="{task}"}}' for task, _, _ in rows]
+
+
 def last_sample_at(live: Live, instance: str, value: float) -> float:
-    """Timestamp of the instance's last scrape at which charge_card's sends or runs equalled
-    ``value`` (the instance's samples share their scrape's timestamp)."""
-    executor = "celery" if instance == live.worker else "broker"
-    outcome = "failure" if executor == "celery" else "success"
-    selector = (
-        f'bgtask_finished_total{{job="{JOB}", instance="{instance}", task="{FAILING}", '
-        f'executor="{executor}", outcome="{outcome}"}}[2m]'
-    )
-    (series,) = instant(live, selector)
-    stamps = [float(t) for t, v in series["values"] if float(v) == value]
-    assert stamps, (instance, value, series["values"])
-    return stamps[-1]
+    """Timestamp of the instance's last scrape at which EVERY per-order series equalled
+    ``value`` (a scrape's samples share its timestamp). Not one series alone: the worker's
+    pool processes run an order's two tasks apart, so a scrape with charge_card at ``value``
+    can have send_receipt already past it, inside the next order."""
+    selectors = per_order_selectors(live, instance)
+    at: dict[float, list[float]] = {}
+    for selector in selectors:
+        (series,) = instant(live, f"{selector}[2m]")
+        for t, v in series["values"]:
+            at.setdefault(float(t), []).append(float(v))
+    stamps = [t for t, vs in at.items() if len(vs) == len(selectors) and set(vs) == {value}]
+    assert stamps, (instance, value, sorted(at.items()))
+    return max(stamps)
 
 
 @pytest.fixture(scope="module")
