@@ -80,11 +80,15 @@ def run(
             response = client.post("/users/alice@example.com", params={"token": "s3cr3t-q"})
             assert response.status_code == 200
             assert client.get("/health").status_code == 200
-            spans = rx.wait_for(
+            rx.wait_for(
                 lambda r: r.spans() if sum(s.name == TASK for s in r.spans()) >= tasks else [],
                 timeout=15,
             )
             recording = client.get("/recording").json()["recording"]
+        # A request span ends after its tasks, so it can come in a later export batch than
+        # theirs: stop the server (its shutdown flushes every batch) before reading spans.
+        server.stop()
+        spans = rx.spans()
         log = server.log_text()
         links = {
             span.span_id.hex(): [(k.trace_id.hex(), k.span_id.hex()) for k in span.links]
