@@ -203,9 +203,15 @@ def test_requests_run_on_the_worker_in_the_requests_traces(
     def worker_done() -> Samples | None:
         s = shop.worker_metrics()
         done = s.value("bgtask_finished_total", task=NOTIFY, executor="celery", outcome="success")
-        # Settled: a scrape reads each pool process's counter and gauge files one after the
-        # other, so a run ending between the reads is in progress and finished at once.
-        return s if done == n and s.total("bgtask_in_progress") == 0 else None
+        # Settled: a scrape reads each pool process's counter, gauge and histogram files one
+        # after the other, so a run ending between the reads is in progress and finished at
+        # once, or finished with its histograms not yet read.
+        queued = s.value("bgtask_queue_seconds_count", task=NOTIFY, executor="celery")
+        timed = s.value(
+            "bgtask_duration_seconds_count", task=NOTIFY, executor="celery", outcome="success"
+        )
+        settled = s.total("bgtask_in_progress") == 0 and queued == timed == n
+        return s if done == n and settled else None
 
     w = wait_for(worker_done, 20, "the worker's /metrics to count 12 runs")
     assert w.value("bgtask_enqueued_total", task=NOTIFY) == n
@@ -219,7 +225,16 @@ def test_requests_run_on_the_worker_in_the_requests_traces(
     )
     assert lost(w) == 0
 
-    web = shop.web_metrics()
+    # The audit's line is written before its finish hooks run: wait for the web's counts.
+    web = wait_for(
+        lambda: (
+            (s := shop.web_metrics()).total("bgtask_finished_total") == 2 * n
+            and s.total("bgtask_in_progress") == s.total("bgtask_pending") == 0
+            and s
+        ),
+        10,
+        "the web's /metrics to count 12 sends and 12 audits, none in progress",
+    )
     assert (
         web.value("bgtask_finished_total", task=NOTIFY, executor="broker", outcome="success") == n
     )
@@ -230,17 +245,23 @@ def test_requests_run_on_the_worker_in_the_requests_traces(
     assert web.total("bgtask_finished_total") == 2 * n
     assert lost(web) == 0
 
-    consumers = wait_for(
-        lambda: len(c := spans_named(shop.rx, f"bgtask {NOTIFY}", CONSUMER)) == n and c,
-        20,
-        "12 worker spans",
+    def whole_chains() -> tuple[list[ReceivedSpan], dict[str, ReceivedSpan]] | None:
+        """The n worker spans once each one's send span and that send's request span have
+        arrived too (the request span ends after its tasks: a later export batch)."""
+        consumers = spans_named(shop.rx, f"bgtask {NOTIFY}", CONSUMER)
+        by_id = {s.span_id: s for s in shop.rx.spans()}
+        sends = [by_id.get(c.parent_span_id) for c in consumers]
+        whole = all(send is not None and send.parent_span_id in by_id for send in sends)
+        return (consumers, by_id) if len(consumers) == n and whole else None
+
+    consumers, by_id = wait_for(
+        whole_chains, 20, "12 worker spans, each under a send span under a request span"
     )
     wait_for(
         lambda: len(spans_named(shop.rx, f"bgtask send {NOTIFY}", PRODUCER)) == n,
         20,
         "12 send spans",
     )
-    by_id = {s.span_id: s for s in shop.rx.spans()}
     traces = set()
     for consumer in consumers:
         send = by_id[consumer.parent_span_id]
@@ -336,8 +357,12 @@ def test_failing_celery_task_counted_by_exception_class_on_the_worker(shop: Shop
     )
     assert w.value("bgtask_finished_total", task=PAY, executor="celery", outcome="failure") == n
     assert w.value("bgtask_finished_total", task=PAY, executor="celery", outcome="success") == 0
-    web = shop.web_metrics()
-    # The sends succeeded: the failure is the run's, counted where it ran.
+    # The sends succeeded: the failure is the run's, counted where it ran. (A send's finish
+    # hooks run after its publish returns, so the run may be counted first: wait for it.)
+    web = shop.wait_metric(
+        "web", n, 10, "4 sends", "bgtask_finished_total", task=PAY, executor="broker",
+        outcome="success",
+    )  # fmt: skip
     assert web.value("bgtask_finished_total", task=PAY, executor="broker", outcome="success") == n
     assert web.total("bgtask_failures_total") == 0
     consumers = wait_for(
@@ -391,7 +416,10 @@ def test_broker_down_is_a_counted_failure_of_the_send_and_the_app_keeps_answerin
     shop.redis.start()  # the broker is back: sends succeed again and the worker runs them
     assert shop.post("/send-notification/after@example.com").status_code == 200
     wait_for(lambda: len(shop.lines("notifications.log")) == 2, 60, "the run after recovery")
-    web = shop.web_metrics()
+    web = shop.wait_metric(
+        "web", 2, 10, "the send after recovery", "bgtask_finished_total", task=NOTIFY,
+        executor="broker", outcome="success",
+    )  # fmt: skip
     assert (
         web.value("bgtask_finished_total", task=NOTIFY, executor="broker", outcome="success") == 2
     )
