@@ -20,6 +20,18 @@ APP = "tests.e2e.apps.core_app:app"
 FAILING = {n for n in range(REQUESTS) if n % 3 == 0}  # notify() fails for these orders
 
 
+def settled(metrics_text: str, finished: int) -> bool:
+    """/metrics counts ``finished`` finished tasks, none pending or in progress, and each
+    failure's exception too (its counter is the last finish hook)."""
+    samples = Samples.parse(metrics_text)
+    return (
+        samples.total("bgtask_finished_total") == finished
+        and samples.total("bgtask_in_progress") == samples.total("bgtask_pending") == 0
+        and samples.total("bgtask_failures_total")
+        == samples.total("bgtask_finished_total", outcome="failure")
+    )
+
+
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol: str) -> None:
     with OTLPReceiver() as rx:
@@ -50,7 +62,12 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
                     "every task to run",
                 )
                 assert client.get("/side-effects").json() == {"count": expected_effects}
-                metrics_text = client.get("/metrics").text
+                # A task is counted after its side effect: wait for /metrics to settle.
+                metrics_text = wait_for(
+                    lambda: settled(text := client.get("/metrics").text, 2 * REQUESTS) and text,
+                    10,
+                    f"/metrics to count {2 * REQUESTS} finished tasks, none pending or running",
+                )
                 openmetrics = client.get(
                     "/metrics", headers={"Accept": "application/openmetrics-text"}
                 ).text
@@ -60,7 +77,14 @@ def test_tasks_join_the_request_trace_and_metrics_match(tmp_path: Path, protocol
                 return spans if len(spans) >= 2 * REQUESTS else []
 
             spans = rx.wait_for(task_spans, timeout=20)
-            all_spans = rx.spans()
+
+            def request_spans(r: OTLPReceiver) -> list[ReceivedSpan]:
+                """A request span ends after its tasks: it can come in a later batch."""
+                received = r.spans()
+                servers = [s for s in received if s.kind == 2 and s.url_path.startswith("/orders/")]
+                return received if len(servers) >= REQUESTS else []
+
+            all_spans = rx.wait_for(request_spans, timeout=20)
 
             def latest_finished(r: OTLPReceiver) -> dict:
                 # Cumulative points: the latest value of each series is the total.

@@ -34,7 +34,19 @@ def _run(tmp_path: Path, rx: OTLPReceiver, **env: str) -> Samples:
             for n in range(REQUESTS):
                 assert client.post(f"/work/{n}").status_code == 200
             wait_for(lambda: client.get("/done").json()["count"] == REQUESTS, 10, "tasks")
-            return Samples.parse(client.get("/metrics").text)
+            # A task is counted after its side effect: wait for /metrics itself to settle.
+            return wait_for(
+                lambda: settled(s := Samples.parse(client.get("/metrics").text)) and s,
+                10,
+                f"/metrics to count {REQUESTS} finished tasks, none pending or running",
+            )
+
+
+def settled(samples: Samples) -> bool:
+    return (
+        samples.total("bgtask_finished_total") == REQUESTS
+        and samples.total("bgtask_in_progress") == samples.total("bgtask_pending") == 0
+    )
 
 
 def test_otel_service_name_wins_over_the_default(tmp_path: Path) -> None:

@@ -52,6 +52,17 @@ async def get_done():
 """
 
 
+def settled(response: httpx.Response, finished: int) -> bool:
+    """/metrics counts ``finished`` finished tasks and none pending or in progress."""
+    if response.status_code != 200:
+        return False
+    samples = Samples.parse(response.text)
+    return (
+        samples.total("bgtask_finished_total") == finished
+        and samples.total("bgtask_in_progress") == samples.total("bgtask_pending") == 0
+    )
+
+
 @pytest.mark.parametrize(
     ("protocol", "fastapi_instrumentor", "metrics_path"),
     [
@@ -92,12 +103,27 @@ def test_opentelemetry_instrument_gives_tasks_spans_and_metrics(
                     "the tasks to run",
                 )
                 metrics_response = client.get("/metrics")
+                if metrics_path:  # a task is counted after its side effect: wait for /metrics
+                    metrics_response = wait_for(
+                        lambda: settled(r := client.get("/metrics"), REQUESTS) and r,
+                        10,
+                        f"/metrics to count {REQUESTS} finished tasks, none pending or running",
+                    )
 
             def task_spans(r: OTLPReceiver) -> list[ReceivedSpan]:
                 spans = [s for s in r.spans() if s.name.startswith("bgtask ")]
                 return spans if len(spans) >= REQUESTS else []
 
             spans = rx.wait_for(task_spans, timeout=20)
+
+            def request_spans(r: OTLPReceiver) -> list[ReceivedSpan]:
+                """A request span ends after its task: it can come in a later batch."""
+                servers = [
+                    s for s in r.spans() if s.kind == 2 and s.url_path.startswith("/orders/")
+                ]
+                return servers if len(servers) >= REQUESTS else []
+
+            rx.wait_for(request_spans, timeout=20)
 
             def finished(r: OTLPReceiver) -> dict[str, float]:
                 latest: dict[str, float] = {}
