@@ -48,16 +48,24 @@ def test_tasks_of_a_killed_worker_stay_visible_as_lost(tmp_path: Path) -> None:
         HOME=str(tmp_path),  # gunicorn >= 25's control socket: one per test run
     )
     args = [PYTHON, "-m", "gunicorn", "-c", "python:tasklens.gunicorn_conf",
-            "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}", APP]  # fmt: skip
+            "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}",
+            "--keep-alive", "3600", APP]  # fmt: skip
     with ServerProcess(args, env, tmp_path / "gunicorn.log", port) as server:
         server.wait_ready()
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
             for order in range(20):
                 assert client.post(f"/orders/{order}?tasks=2").status_code == 200
-            wait_for(
-                lambda: scrape(client).total("bgtask_finished_total") == 40, 30, "40 tasks done"
+            first = wait_for(
+                lambda: (
+                    (s := scrape(client)).total("bgtask_finished_total") == 40
+                    and s.total("bgtask_pending") == 0
+                    and s.total("bgtask_in_progress") == 0
+                    and s
+                ),
+                30,
+                "40 tasks done, settled",
             )
-            assert unaccounted(scrape(client)) == 0
+            assert unaccounted(first) == 0
 
             # Hanging tasks on several workers; kill the worker of the first one.
             pids = [_hang(server.base_url) for _ in range(6)]

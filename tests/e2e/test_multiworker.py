@@ -101,7 +101,8 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
         )
         # The shipped config, as a pip user names it (tasklens export writes the same file).
         args = [PYTHON, "-m", "gunicorn", "-c", "python:tasklens.gunicorn_conf",
-                "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}", APP]  # fmt: skip
+                "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}",
+                "--keep-alive", "3600", APP]  # fmt: skip
         with ServerProcess(args, env, tmp_path / "gunicorn.log", port) as server:
             server.wait_ready()
             with httpx.Client(base_url=server.base_url, timeout=10) as client:
@@ -122,14 +123,23 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
                 assert load.errors == []
                 pids = {body["pid"] for body in load.bodies}
                 assert len(pids) >= 2, pids
-                wait_for(
-                    lambda: scrape(client).total("bgtask_finished_total") == total,
+                # A scrape reads each worker's counter, gauge and histogram files one after
+                # another (and /metrics reuses a render as long as it took), so one taken while
+                # the last tasks ran can mix before and after: wait for one settled scrape.
+                failures = sum(v for (_, outcome), v in expected.items() if outcome == "failure")
+                samples = wait_for(
+                    lambda: (
+                        (s := scrape(client)).total("bgtask_finished_total") == total
+                        and s.total("bgtask_failures_total") == failures
+                        and s.total("bgtask_duration_seconds_count") == total
+                        and s.total("bgtask_pending") == 0
+                        and s.total("bgtask_in_progress") == 0
+                        and s.total("bgtask_threadpool_tokens", state="borrowed") == 0
+                        and s
+                    ),
                     30,
-                    "all tasks finished",
+                    "all tasks finished, settled",
                 )
-                # A scrape reads the workers' files one after another, so one taken while
-                # the last tasks ran can mix before and after; all are done now: scrape anew.
-                samples = scrape(client)
                 _assert_exact(samples, expected)
                 assert samples.total("bgtask_pending") == 0
                 assert samples.total("bgtask_in_progress") == 0
@@ -160,11 +170,18 @@ def test_gunicorn_workers_sum_exactly_and_dead_workers_leave(tmp_path: Path) -> 
                 assert busy.total("bgtask_threadpool_tokens", state="borrowed") == 1
                 assert busy.total("bgtask_enqueued_total", task=HANG) == 1
                 os.kill(victim, signal.SIGKILL)
+                dead_gauges = directory / f"gauge_livesum_{victim}.db"
+                # The file first: a scrape rendered before the master reaped the victim still
+                # sums its gauges, and its total tokens read the same as the goal's.
                 after = wait_for(
                     lambda: (
-                        (s := try_scrape(client)).total("bgtask_threadpool_tokens", state="total")
+                        not dead_gauges.exists()
+                        and (s := try_scrape(client)).total(
+                            "bgtask_threadpool_tokens", state="total"
+                        )
                         == WORKERS * POOL
-                        and not (directory / f"gauge_livesum_{victim}.db").exists()
+                        and s.total("bgtask_in_progress") == 0
+                        and s.total("bgtask_threadpool_tokens", state="borrowed") == 0
                         and s
                     ),
                     60,

@@ -26,6 +26,7 @@ from fastapi import BackgroundTasks, FastAPI, Request
 
 import tasklens
 from tests.runtime.helpers import Probe, serve
+from tests.support.metrics import Samples
 from tests.support.polling import wait_for
 
 REQUESTS = 2000
@@ -81,17 +82,18 @@ def test_burst_drains_to_zero_and_retains_no_request(bounded: bool) -> None:
             statuses = asyncio.run(_burst(server.base_url))
             assert statuses == [200] * REQUESTS
 
-            def drained() -> bool:
+            def drained() -> Samples | None:
                 samples = probe.samples()
                 finished = sum(
                     samples.value("bgtask_finished_total", task=f"{__name__}.{name}",
                                   executor=executor, outcome="success")
                     for name, executor in KINDS
                 )  # fmt: skip
-                return finished == REQUESTS * TASKS_PER_REQUEST
+                # Settled: a thread-pool token goes back after its task's finish hooks.
+                settled = samples.value("bgtask_threadpool_tokens", state="borrowed") == 0
+                return samples if finished == REQUESTS * TASKS_PER_REQUEST and settled else None
 
-            wait_for(drained, 30, "every task to finish")
-            samples = probe.samples()
+            samples = wait_for(drained, 30, "every task to finish and its token back")
         assert not [t for t in threading.enumerate() if t.name == "uvicorn"]
 
         def released() -> bool:

@@ -56,6 +56,8 @@ def test_requests_past_max_pending_wait_and_are_counted(probe: Probe) -> None:
 
             waiter = threading.Thread(target=sixth, daemon=True)
             waiter.start()
+            # The request reaches the server first (a new client connects), then is held.
+            wait_for(lambda: runner.admission_delayed == 1, 10, "the sixth request held")
             waiter.join(HELD_FOR)
             assert waiter.is_alive() and calls == list(range(BOUND + 1))  # held
             # Counted as soon as it is held; its wait once it goes on.

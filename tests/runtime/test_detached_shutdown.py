@@ -173,7 +173,8 @@ def test_shutdown_waits_then_cancels_and_counts_every_task(
     assert grace_span.attributes["bgtask.outcome"] == "success"
     # Shutdown waited the timeout (the blockers never end by themselves), not much more.
     print(f"\nshutdown with 3 blocked slots took {shutdown_seconds:.3f}s")
-    assert SHUTDOWN_TIMEOUT <= shutdown_seconds < SHUTDOWN_TIMEOUT + 1.0
+    # (+3 s: uvicorn's own shutdown and a thread join, on a loaded machine)
+    assert SHUTDOWN_TIMEOUT <= shutdown_seconds < SHUTDOWN_TIMEOUT + 3.0
 
 
 def _name(func: str) -> str:
@@ -390,7 +391,7 @@ def test_a_second_signal_during_the_drain_exits_at_once(tmp_path: Path, sig: int
     # final cancellation of every task, where the stubborn task would hang it: tasklens
     # ends the process (EXIT_STATUS) EXIT_DELAY s after the lifespan.
     assert status == (-signal.SIGTERM if sig == signal.SIGTERM else EXIT_STATUS)
-    assert exit_seconds < FORCED_GRACE + EXIT_DELAY + 1.0
+    assert exit_seconds < FORCED_GRACE + EXIT_DELAY + 3.0  # far below the 30 s drain
 
     summary, err = _summary_and_log(summary_path, stderr)
     assert summary["enqueued"] == 5

@@ -25,7 +25,6 @@ from fastapi import BackgroundTasks, FastAPI
 import tasklens
 from tasklens.runtime.options import RuntimeOptions
 from tests.runtime.helpers import Probe, scrape_until, serve
-from tests.support.metrics import scrape
 from tests.support.polling import wait_for
 
 TASKS = 80
@@ -143,7 +142,16 @@ def test_sync_endpoint_stays_responsive_while_sync_tasks_saturate(probe: Probe) 
             assert lens.done == 0  # answered while every task still blocked
             lens.release.set()
             wait_for(lambda: lens.done == TASKS, 10, "tasklens tasks to finish")
-            drained = scrape(client)
+            # The tasks' side effects come before their finish hooks and token release.
+            name = f"{__name__}.build_app.<locals>.resize_image"
+            drained = scrape_until(
+                client,
+                lambda s: s.value("bgtask_finished_total", task=name, executor="thread_pool",
+                                  outcome="success") == TASKS
+                and s.value("bgtask_threadpool_tokens", state="borrowed") == 0,
+                10,
+                "every task finished and every token back",
+            )  # fmt: skip
     finally:
         lens.release.set()
     assert lens_latency is not None
@@ -165,7 +173,6 @@ def test_sync_endpoint_stays_responsive_while_sync_tasks_saturate(probe: Probe) 
     assert saturated.value("bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
     assert drained.value("bgtask_threadpool_tokens", state="borrowed") == 0
     assert drained.value("bgtask_threadpool_tokens", state="total") == THREADPOOL_SIZE
-    name = f"{__name__}.build_app.<locals>.resize_image"
     assert drained.value("bgtask_finished_total", task=name, executor="thread_pool",
                  outcome="success") == TASKS  # fmt: skip
     # Every task's wait for a slot is recorded; the 64 beyond the 16 tokens waited at least

@@ -262,6 +262,7 @@ def test_requests_held_at_max_pending_are_counted() -> None:
 
         waiter = threading.Thread(target=fourth, daemon=True)
         waiter.start()
+        wait_for(lambda: runner.admission_delayed == 1, 10, "the fourth request held")
         waiter.join(0.3)
         assert waiter.is_alive()  # held at the bound
         for _ in range(4):
