@@ -65,7 +65,7 @@ test-lowest: $(LOWEST)/constraints.txt system-deps
 # Starlette's and FastAPI's own test suites, plain and with every TestClient app instrumented
 # (ci/upstream_suites.py): downloads their sdists and test dependencies into .upstream/ and
 # takes minutes, so it is not part of `make test`. Both venvs; exit 1 if a test fails only
-# instrumented (the known, by-design ones are listed in docs/runtime.md). The lowest
+# instrumented and is not in ci/upstream_by_design.txt (docs/runtime.md explains those). The lowest
 # versions' run needs $(LOWEST) (`make test-lowest` makes it).
 upstream: $(STAMP)
 	$(BIN)/python ci/upstream_suites.py --json .upstream/newest.json; a=$$?; \
