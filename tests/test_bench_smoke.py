@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_SUSTAINED = ",".join(c for c in CASES if c != "sustained")
 
 
-def _bench(out: Path, cases: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+def _smoke(module: str, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> --smoke <args>`` from the repository, without OTEL_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     return subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--cases", cases, "--out", str(out)],
+        [sys.executable, "-m", module, "--smoke", *args],
         cwd=ROOT,
         env={**env, **env_extra},
         stdin=subprocess.DEVNULL,
@@ -40,6 +41,10 @@ def _bench(out: Path, cases: str, **env_extra: str) -> subprocess.CompletedProce
         text=True,
         timeout=240,
     )
+
+
+def _bench(out: Path, cases: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    return _smoke("bench", "--cases", cases, "--out", str(out), **env_extra)
 
 
 def test_bench_smoke_writes_every_case(tmp_path: Path) -> None:
@@ -129,11 +134,7 @@ def test_bench_smoke_sustained_case(tmp_path: Path) -> None:
 
 def test_celery_bench_smoke_prints_every_row_and_the_worker_ran_every_send() -> None:
     """``python -m bench.case_celery --smoke``: its three rows, and every sent task ran."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.case_celery", "--smoke"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+    proc = _smoke("bench.case_celery")
     assert proc.returncode == 0, proc.stderr[-4000:]
     for row in ("inprocess", "apply_async", "send"):
         assert f"| {row} | " in proc.stdout
@@ -141,3 +142,20 @@ def test_celery_bench_smoke_prints_every_row_and_the_worker_ran_every_send() -> 
     # directly, then 200 while the worker runs.
     assert "56 of 56 tasks sent before it started ran" in proc.stdout, proc.stdout
     assert "256 runs in all" in proc.stdout, proc.stdout
+
+
+def test_live_page_bench_smoke_prints_every_row_and_the_ratio() -> None:
+    """``python -m bench.case_live_page --smoke`` runs and prints every row (no timing
+    asserted: ``make bench`` is for numbers)."""
+    proc = _smoke("bench.case_live_page")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for row in ("tasklens", "tasklens+page", "bare", "bare+buffer"):
+        assert f"| {row} | " in proc.stdout
+    for kind in ("async", "sync"):
+        assert (
+            f"- {kind}: the page adds " in proc.stdout
+            and "tasklens+page / tasklens = " in proc.stdout
+        )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["per_task_us"]) == {"tasklens", "tasklens+page", "bare", "bare+buffer"}
+    assert result["api_live_full_ms"] > 0 and result["api_live_nothing_new_ms"] > 0

@@ -136,6 +136,17 @@ def test_demo_without_uvicorn_names_the_extra(venv: Path, tmp_path: Path) -> Non
     assert "pip install 'tasklens[demo]'" in result.stderr
 
 
+def _succeeded(client: httpx.Client, task: str, executor: str, timeout: float) -> float:
+    """``bgtask_finished_total`` of ``task`` run by ``executor`` with success, once non-zero."""
+    return wait_for(
+        lambda: scrape(client).value(
+            "bgtask_finished_total", task=task, executor=executor, outcome="success"
+        ),
+        timeout,
+        f"{task} ({executor}) counted in {client.base_url}metrics",
+    )
+
+
 def _readme_block(marker: str) -> str:
     readme = (REPO / "README.md").read_text()
     match = re.search(rf"<!-- example:{marker} -->\s*```python\n(.*?)```", readme, re.S)
@@ -156,16 +167,7 @@ def test_readme_example_runs_under_uvicorn(venv: Path, tmp_path: Path) -> None:
         with httpx.Client(base_url=server.base_url, timeout=10) as client:
             answer = client.post("/send-notification/ada@example.com")
             assert answer.json() == {"message": "Notification sent in the background"}
-            finished = wait_for(
-                lambda: scrape(client).value(
-                    "bgtask_finished_total",
-                    task="app.write_notification",
-                    executor="thread_pool",
-                    outcome="success",
-                ),
-                10,
-                "the README task in /metrics",
-            )
+            finished = _succeeded(client, "app.write_notification", "thread_pool", 10)
     assert finished == 1.0
     written = (tmp_path / "log.txt").read_text()
     assert written == "notification for ada@example.com: some notification"
@@ -209,25 +211,7 @@ def test_readme_celery_example_runs_with_a_real_broker_and_worker(
             with httpx.Client(base_url=web.base_url, timeout=10) as client:
                 answer = client.post("/send-notification/ada@example.com")
                 assert answer.json() == {"message": "Notification sent in the background"}
-                sent = wait_for(
-                    lambda: scrape(client).value(
-                        "bgtask_finished_total",
-                        task="shop.write_notification",
-                        executor="broker",
-                        outcome="success",
-                    ),
-                    10,
-                    "the send in the web's /metrics",
-                )
+                sent = _succeeded(client, "shop.write_notification", "broker", 10)
             with httpx.Client(base_url=worker.base_url, timeout=10) as client:
-                ran = wait_for(
-                    lambda: scrape(client).value(
-                        "bgtask_finished_total",
-                        task="shop.write_notification",
-                        executor="celery",
-                        outcome="success",
-                    ),
-                    30,
-                    "the README task run on the worker",
-                )
+                ran = _succeeded(client, "shop.write_notification", "celery", 30)
     assert (sent, ran) == (1.0, 1.0)
